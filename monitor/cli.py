@@ -1,0 +1,79 @@
+"""The `call-monitor` command.
+
+Exit status: 0 done, 1 done but some input was unreadable (reported), 2 a setting or
+argument is missing or malformed (one line on stderr naming it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from monitor.config import SETTINGS, ConfigError, describe, load_settings
+from monitor.privacy import NumberMasker
+from monitor.replay import print_replay, replay
+
+__all__ = ["main"]
+
+PROG = "call-monitor"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Call-state monitor for LiveKit telephony."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    replay_cmd = commands.add_parser(
+        "replay", help="replay an event journal and print each call's transitions and outcome"
+    )
+    replay_cmd.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    replay_cmd.add_argument("--json", action="store_true", help="one JSON record per ended call")
+    replay_cmd.add_argument(
+        "--show-numbers", action="store_true", help="print phone numbers unmasked"
+    )
+
+    config_cmd = commands.add_parser(
+        "config", help="check the settings and print them (secrets hidden)"
+    )
+    for setting in SETTINGS:
+        config_cmd.add_argument(
+            setting.flag, dest=setting.name, default=None, help=f"{setting.help} [{setting.env}]"
+        )
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> dict[str, str | None]:
+    return {setting.name: getattr(args, setting.name, None) for setting in SETTINGS}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "replay":
+            return _replay(args)
+        settings = load_settings(_flags(args))
+    except ConfigError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
+    for name, value in describe(settings).items():
+        print(f"{name}={value}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    missing = [str(path) for path in args.files if not path.is_file()]
+    if missing:
+        raise ConfigError(f"replay: no such file: {', '.join(missing)}")
+    masker = NumberMasker(enabled=not args.show_numbers)
+    result = replay(args.files)
+    print_replay(result, sys.stdout, masker, as_json=args.json)
+    for bad in result.bad_lines:
+        print(f"{PROG}: skipped {bad.path}:{bad.number}: {bad.error}", file=sys.stderr)
+    return 1 if result.bad_lines else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

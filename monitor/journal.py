@@ -1,0 +1,266 @@
+"""The event journal: every event the sources delivered, one JSON object a line.
+
+The live service appends each event before the machine sees it; `call-monitor replay`
+feeds the same lines to a fresh machine, with the settings from the journal's header,
+and gets the same outcomes. A line that cannot be read is reported with its number and
+skipped: one bad line never hides the rest of an incident.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from monitor.machine import MachineSettings
+from monitor.model import (
+    AttributesChanged,
+    DialFailed,
+    Event,
+    Participant,
+    ParticipantLeft,
+    ParticipantSeen,
+    ParticipantVanished,
+    RoomEnded,
+    Source,
+    Tick,
+    parse_reason,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Header",
+    "JournalError",
+    "JournalWriter",
+    "decode_line",
+    "encode_event",
+    "encode_header",
+    "read_journal",
+]
+
+FORMAT_VERSION = 1
+
+_TYPE_OF: Mapping[type, str] = {
+    ParticipantSeen: "participant_seen",
+    AttributesChanged: "attributes_changed",
+    ParticipantLeft: "participant_left",
+    ParticipantVanished: "participant_vanished",
+    RoomEnded: "room_ended",
+    DialFailed: "dial_failed",
+    Tick: "tick",
+}
+
+
+class JournalError(ValueError):
+    """A journal line that is not a valid event; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The first line of each journal file: how the machine that wrote it was set."""
+
+    settings: MachineSettings
+    instance: str = ""
+    started_at: float = 0.0
+
+
+def encode_header(header: Header) -> str:
+    return json.dumps(
+        {
+            "v": FORMAT_VERSION,
+            "type": "header",
+            "settings": asdict(header.settings),
+            "instance": header.instance,
+            "started_at": header.started_at,
+        },
+        separators=(",", ":"),
+    )
+
+
+def encode_event(event: Event) -> str:
+    """One journal line (without the newline) for an event."""
+    body: dict[str, Any] = {"v": FORMAT_VERSION, "type": _TYPE_OF[type(event)]}
+    for name in event.__slots__:
+        value = getattr(event, name)
+        if isinstance(value, Participant):
+            value = {
+                "sid": value.sid,
+                "identity": value.identity,
+                "attributes": dict(value.attributes),
+                "is_sip": value.is_sip,
+                "joined_at": value.joined_at,
+            }
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        body[name] = value
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_line(line: str) -> Event | Header:
+    """Parse one journal line; raises JournalError naming what is wrong."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise JournalError(f"not JSON: {error.msg} at column {error.colno}") from None
+    if not isinstance(data, dict):
+        raise JournalError("not a JSON object")
+    if data.get("v") != FORMAT_VERSION:
+        raise JournalError(f"unsupported journal version {data.get('v')!r}")
+    kind = data.get("type")
+    try:
+        return _decode(kind, data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise JournalError(f"bad {kind!r} event: {type(error).__name__}: {error}") from None
+
+
+def _decode(kind: object, data: dict[str, Any]) -> Event | Header:
+    if kind == "header":
+        raw = data.get("settings") or {}
+        known = {k: float(v) for k, v in raw.items() if k in MachineSettings.__dataclass_fields__}
+        return Header(
+            MachineSettings(**known),
+            str(data.get("instance", "")),
+            float(data.get("started_at", 0.0)),
+        )
+    at = _number(data["at"])
+    if kind == "tick":
+        return Tick(at)
+    source = Source(data["source"])
+    if kind == "dial_failed":
+        code = data.get("sip_status_code")
+        return DialFailed(
+            at,
+            _text(data["room"]),
+            _text(data["participant_identity"]),
+            None if code is None else int(code),
+            _text(data.get("sip_status", "")),
+            _text(data.get("call_id", "")),
+            source,
+        )
+    if kind == "room_ended":
+        reason, _ = parse_reason(data.get("reason"))
+        return RoomEnded(at, source, _text(data["room"]), reason)
+    if kind == "participant_vanished":
+        return ParticipantVanished(at, source, _text(data["room"]), _text(data["participant_sid"]))
+    participant = _participant(data["participant"])
+    room = _text(data["room"])
+    room_sid = _text(data.get("room_sid", ""))
+    if kind == "participant_seen":
+        return ParticipantSeen(at, source, room, participant, room_sid)
+    if kind == "attributes_changed":
+        changed = _attributes(data.get("changed") or {})
+        return AttributesChanged(at, source, room, participant, changed, room_sid)
+    if kind == "participant_left":
+        reason, raw = parse_reason(data.get("reason"))
+        raw = _text(data.get("raw_reason", raw))
+        return ParticipantLeft(at, source, room, participant, reason, raw, room_sid)
+    raise ValueError(f"unknown event type {kind!r}")
+
+
+def _participant(data: Any) -> Participant:
+    if not isinstance(data, dict):
+        raise TypeError("participant is not an object")
+    joined = data.get("joined_at")
+    return Participant(
+        sid=_text(data["sid"]),
+        identity=_text(data.get("identity", "")),
+        attributes=_attributes(data.get("attributes") or {}),
+        is_sip=bool(data.get("is_sip", True)),
+        joined_at=None if joined is None else _number(joined),
+    )
+
+
+def _attributes(data: Any) -> dict[str, str]:
+    if not isinstance(data, dict):
+        raise TypeError("attributes are not an object")
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    path: str
+    number: int
+    error: str
+
+
+def read_journal(
+    paths: Iterable[Path], bad_lines: list[BadLine] | None = None
+) -> Iterator[Event | Header]:
+    """Events and headers of journal files in order; bad lines go to `bad_lines`."""
+    for path in paths:
+        with path.open(encoding="utf-8", errors="replace") as stream:
+            for number, line in enumerate(stream, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield decode_line(line)
+                except JournalError as error:
+                    if bad_lines is not None:
+                        bad_lines.append(BadLine(str(path), number, str(error)))
+
+
+class JournalWriter:
+    """Appends events to a file, rotating it at `max_bytes` and keeping `backups` old files.
+
+    Each file starts with the header, so any one of them replays on its own.
+    """
+
+    def __init__(self, path: Path, header: Header, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self._header_line = encode_header(header) + "\n"
+        self._max_bytes = max_bytes
+        self._backups = backups
+        self._stream: TextIO | None = None
+        self._size = 0
+
+    def write(self, event: Event) -> None:
+        """Append one event; raises OSError for the caller to count."""
+        line = encode_event(event) + "\n"
+        if self._stream is None:
+            self._open()
+        elif self._size + len(line) > self._max_bytes:
+            self._rotate()
+        assert self._stream is not None
+        self._stream.write(line)
+        self._stream.flush()
+        self._size += len(line)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._stream = self.path.open("a", encoding="utf-8")
+        self._size = self.path.stat().st_size
+        if self._size == 0:
+            self._stream.write(self._header_line)
+            self._size = len(self._header_line)
+
+    def _rotate(self) -> None:
+        self.close()
+        for index in range(self._backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        if self._backups > 0:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._open()

@@ -1,0 +1,658 @@
+"""The call-state machine: one state per SIP call, driven by typed events.
+
+Contract: everything that decides a call's state and outcome lives here and in
+`monitor.outcome`. No I/O, no asyncio, no livekit import, no clock: time comes in on
+each event. `CallBook.step(event)` returns the effects for the runtime to perform, and
+never raises on odd input: what a well-behaved server would not send becomes an
+`Anomaly` effect and the state stays as it was.
+
+Sources are equal and can be late, duplicated or out of order, so:
+- a call is keyed by `sip.callID` (the participant sid where it is missing), and every
+  source's event for it lands on the same call;
+- status only moves forward (`TRANSITIONS`); a backward move is an anomaly;
+- an end waits `settle_seconds` (state ENDING) for late evidence, such as the dial side's
+  SIP code or the last attribute change arriving after the leave, then becomes final;
+- a final call leaves a tombstone, so late events never start it again or end it twice.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+
+from monitor.model import (
+    ATTR_CALL_STATUS,
+    ATTR_PHONE_NUMBER,
+    ATTR_RULE_ID,
+    ATTR_TRUNK_ID,
+    ATTR_TRUNK_PHONE_NUMBER,
+    Anomaly,
+    AnomalyKind,
+    AttributesChanged,
+    CallEnded,
+    CallRecord,
+    CallStarted,
+    CallState,
+    DialFailed,
+    Direction,
+    Effect,
+    Event,
+    Outcome,
+    Participant,
+    ParticipantLeft,
+    ParticipantSeen,
+    ParticipantVanished,
+    Reason,
+    RoomEnded,
+    SipStatus,
+    Source,
+    StateChanged,
+    Tick,
+    Timings,
+)
+from monitor.outcome import decide
+
+__all__ = ["END_TRANSITIONS", "TRANSITIONS", "CallBook", "MachineSettings", "feed"]
+
+# Status-driven moves: the state a call may go to from each state. Anything else a
+# status asks for is a regression (anomaly, ignored). Skips are allowed: a call may go
+# from dialing straight to active (no 18x seen, or the observer saw only the result).
+TRANSITIONS: Mapping[CallState, frozenset[CallState]] = MappingProxyType(
+    {
+        CallState.DIALING: frozenset(
+            {CallState.RINGING, CallState.AUTOMATION, CallState.ACTIVE, CallState.HANGUP}
+        ),
+        CallState.RINGING: frozenset({CallState.AUTOMATION, CallState.ACTIVE, CallState.HANGUP}),
+        CallState.AUTOMATION: frozenset({CallState.ACTIVE, CallState.HANGUP}),
+        CallState.ACTIVE: frozenset({CallState.HANGUP}),
+        CallState.HANGUP: frozenset(),
+        CallState.ENDING: frozenset(),
+        CallState.ENDED: frozenset(),
+    }
+)
+# Moves made by a leave, not a status: every live state goes to ENDING (or straight to
+# ENDED when there is no settle window), and ENDING goes to ENDED once it settles.
+END_TRANSITIONS: Mapping[CallState, frozenset[CallState]] = MappingProxyType(
+    {
+        **{
+            state: frozenset({CallState.ENDING, CallState.ENDED})
+            for state in (
+                CallState.DIALING,
+                CallState.RINGING,
+                CallState.AUTOMATION,
+                CallState.ACTIVE,
+                CallState.HANGUP,
+            )
+        },
+        CallState.ENDING: frozenset({CallState.ENDED}),
+    }
+)
+
+_STATE_OF_STATUS: Mapping[SipStatus, CallState] = MappingProxyType(
+    {status: CallState(status.value) for status in SipStatus}
+)
+_ANSWERED = frozenset({SipStatus.AUTOMATION, SipStatus.ACTIVE})
+# The status a call starts with in each direction; first seen later than this, the
+# setup timings are approximate.
+_INITIAL_STATUS: Mapping[Direction, frozenset[SipStatus]] = MappingProxyType(
+    {
+        Direction.OUTBOUND: frozenset({SipStatus.DIALING}),
+        # inbound joins ringing, or active when the dispatch rule asks for a PIN
+        Direction.INBOUND: frozenset({SipStatus.RINGING, SipStatus.ACTIVE}),
+    }
+)
+_NOT_FOR_INBOUND = frozenset({SipStatus.DIALING, SipStatus.AUTOMATION})
+
+
+@dataclass(frozen=True, slots=True)
+class MachineSettings:
+    # How long an end waits for late evidence before its outcome is final.
+    settle_seconds: float = 0.0
+    # How long a final call's key is remembered, so late events do not restart it.
+    tombstone_seconds: float = 3600.0
+    # How long a dial-side SIP code waits for its call to appear.
+    orphan_dial_seconds: float = 30.0
+
+
+# Strength of the evidence for how a call ended: a stronger one seen during the settle
+# window replaces a weaker one.
+_NO_EVIDENCE = 0  # gone from a listing, or its room vanished: nobody said how
+_ROOM_REASON = 1  # the room ended with a reason (ROOM_DELETED...)
+_PARTICIPANT_REASON = 2  # the participant's own leave, with or without a reason
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingEnd:
+    at: float
+    reason: Reason | None
+    strength: int
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    record: CallRecord
+    pending: _PendingEnd | None = None
+    dial_failed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Tombstone:
+    expires_at: float
+    reason: Reason | None
+    room: str
+    identity: str
+
+
+@dataclass(frozen=True, slots=True)
+class _OrphanDial:
+    event: DialFailed
+    expires_at: float
+
+
+class CallBook:
+    """Every call the monitor knows, fed one event at a time.
+
+    The book owns its calls; `step` is the only way in and returns the effects. Two
+    books fed the same events give the same effects, which is what replay relies on.
+    """
+
+    def __init__(self, settings: MachineSettings | None = None) -> None:
+        self.settings = settings or MachineSettings()
+        self._calls: dict[str, _Call] = {}
+        self._key_of_sid: dict[str, str] = {}
+        self._keys_of_room: dict[str, set[str]] = {}
+        self._pending: dict[str, float] = {}  # key -> settle deadline
+        self._tombstones: OrderedDict[str, _Tombstone] = OrderedDict()
+        self._orphans: dict[tuple[str, str], _OrphanDial] = {}
+        # (room, identity) -> key of the latest final call there, for late dial details
+        self._ended_slots: dict[tuple[str, str], str] = {}
+        self._clock = float("-inf")
+
+    # ---- reading ----------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        return self._clock
+
+    def live_calls(self) -> list[CallRecord]:
+        """Calls not yet final (ENDING included), in the order they started."""
+        return [call.record for call in self._calls.values()]
+
+    def call(self, key: str) -> CallRecord | None:
+        found = self._calls.get(key)
+        return found.record if found else None
+
+    def is_ended(self, key: str) -> bool:
+        return key in self._tombstones
+
+    def rooms(self) -> set[str]:
+        """Rooms with at least one call not yet final."""
+        return set(self._keys_of_room)
+
+    # ---- the one way in ---------------------------------------------------------
+
+    def step(self, event: Event) -> list[Effect]:
+        """Apply one event; return what happened, in order."""
+        effects = self._advance_clock(event.at)
+        if isinstance(event, Tick):
+            return effects
+        if isinstance(event, ParticipantSeen | AttributesChanged | ParticipantLeft):
+            effects += self._on_participant(event)
+        elif isinstance(event, ParticipantVanished):
+            key = self._key_of_sid.get(event.participant_sid)
+            if key is not None and key in self._calls:
+                effects += self._begin_end(key, event.at, event.source, None, _NO_EVIDENCE)
+        elif isinstance(event, RoomEnded):
+            strength = _NO_EVIDENCE if event.reason is None else _ROOM_REASON
+            for key in sorted(self._keys_of_room.get(event.room, ())):
+                effects += self._begin_end(key, event.at, event.source, event.reason, strength)
+        else:
+            effects += self._on_dial_failed(event)
+        return effects
+
+    # ---- participants -------------------------------------------------------------
+
+    def _on_participant(
+        self, event: ParticipantSeen | AttributesChanged | ParticipantLeft
+    ) -> list[Effect]:
+        participant = event.participant
+        if not participant.is_sip:
+            return []
+        effects: list[Effect] = []
+        key = self._key_for(participant, event, effects)
+        if key in self._tombstones:
+            return effects + self._after_end(key, event)
+        if key not in self._calls:
+            effects += self._start(key, event)
+        else:
+            self._fill_room_sid(key, event.room_sid)
+            effects += self._apply_status(key, event)
+        if isinstance(event, ParticipantLeft):
+            if event.reason is None and event.raw_reason:
+                effects.append(
+                    Anomaly(
+                        event.at,
+                        AnomalyKind.UNKNOWN_REASON_VALUE,
+                        f"disconnect reason {event.raw_reason[:64]!r}",
+                        event.room,
+                        key,
+                    )
+                )
+            effects += self._begin_end(
+                key, event.at, event.source, event.reason, _PARTICIPANT_REASON
+            )
+        return effects
+
+    def _key_for(
+        self,
+        participant: Participant,
+        event: ParticipantSeen | AttributesChanged | ParticipantLeft,
+        effects: list[Effect],
+    ) -> str:
+        known = self._key_of_sid.get(participant.sid)
+        call_id = participant.call_id
+        if known is not None:
+            if call_id and call_id != known and not known.startswith("sid:"):
+                effects.append(
+                    Anomaly(
+                        event.at,
+                        AnomalyKind.CALL_ID_CHANGED,
+                        f"participant changed sip.callID from {known} to {call_id}",
+                        event.room,
+                        known,
+                    )
+                )
+            return known
+        return call_id if call_id else f"sid:{participant.sid}"
+
+    def _start(
+        self, key: str, event: ParticipantSeen | AttributesChanged | ParticipantLeft
+    ) -> list[Effect]:
+        participant = event.participant
+        attrs = participant.attributes
+        direction = Direction.INBOUND if attrs.get(ATTR_RULE_ID) else Direction.OUTBOUND
+        started_at = event.at
+        if participant.joined_at is not None:
+            started_at = min(started_at, participant.joined_at)
+        record = CallRecord(
+            key=key,
+            call_id=participant.call_id or "",
+            room=event.room,
+            room_sid=event.room_sid,
+            participant_sid=participant.sid,
+            identity=participant.identity,
+            direction=direction,
+            trunk_id=attrs.get(ATTR_TRUNK_ID, ""),
+            phone_number=attrs.get(ATTR_PHONE_NUMBER, ""),
+            trunk_phone_number=attrs.get(ATTR_TRUNK_PHONE_NUMBER, ""),
+            state=CallState.DIALING if direction is Direction.OUTBOUND else CallState.RINGING,
+            last_status=None,
+            statuses=(),
+            timings=Timings(started_at=started_at),
+            timings_approximate=False,
+            sources=frozenset({event.source}),
+        )
+        self._calls[key] = _Call(record)
+        self._key_of_sid[participant.sid] = key
+        self._keys_of_room.setdefault(event.room, set()).add(key)
+        effects: list[Effect] = []
+        if not participant.call_id:
+            effects.append(
+                Anomaly(event.at, AnomalyKind.MISSING_CALL_ID, "no sip.callID", event.room, key)
+            )
+        status = self._parse_status(key, event, effects)
+        if status is not None:
+            record = self._record_status(record, status, event.at)
+            first_is_initial = status in _INITIAL_STATUS[direction]
+            record = replace(
+                record,
+                state=_STATE_OF_STATUS[status],
+                timings_approximate=not first_is_initial,
+            )
+            if direction is Direction.INBOUND and status in _NOT_FOR_INBOUND:
+                effects.append(self._direction_mismatch(event, key, status))
+        self._calls[key] = _Call(record, dial_failed=False)
+        self._claim_orphan_dial(key)
+        return [CallStarted(event.at, self._calls[key].record), *effects]
+
+    def _fill_room_sid(self, key: str, room_sid: str) -> None:
+        call = self._calls[key]
+        if room_sid and not call.record.room_sid:
+            self._calls[key] = replace(call, record=replace(call.record, room_sid=room_sid))
+
+    def _parse_status(
+        self,
+        key: str,
+        event: ParticipantSeen | AttributesChanged | ParticipantLeft,
+        effects: list[Effect],
+    ) -> SipStatus | None:
+        raw = event.participant.status
+        if raw is None:
+            effects.append(
+                Anomaly(event.at, AnomalyKind.MISSING_STATUS, "no sip.callStatus", event.room, key)
+            )
+            return None
+        try:
+            return SipStatus(raw)
+        except ValueError:
+            effects.append(
+                Anomaly(
+                    event.at,
+                    AnomalyKind.UNKNOWN_STATUS,
+                    f"sip.callStatus={raw[:64]!r}",
+                    event.room,
+                    key,
+                )
+            )
+            return None
+
+    def _apply_status(
+        self, key: str, event: ParticipantSeen | AttributesChanged | ParticipantLeft
+    ) -> list[Effect]:
+        effects: list[Effect] = []
+        status = self._parse_status(key, event, effects)
+        if status is None:
+            return effects
+        call = self._calls[key]
+        record = replace(call.record, sources=call.record.sources | {event.source})
+        if status is record.last_status:
+            self._calls[key] = replace(call, record=record)
+            return effects
+        current = record.state
+        target = _STATE_OF_STATUS[status]
+        if current is CallState.ENDING:
+            # The leave came first (sip PR #725): record a forward status, stay ENDING.
+            if _is_forward(record.last_status, status):
+                record = self._record_status(record, status, event.at)
+            else:
+                effects.append(self._regression(event, key, record.last_status, status))
+            self._calls[key] = replace(call, record=record)
+            return effects
+        if target not in TRANSITIONS[current]:
+            effects.append(self._regression(event, key, record.last_status, status))
+            self._calls[key] = replace(call, record=record)
+            return effects
+        if record.direction is Direction.INBOUND and status in _NOT_FOR_INBOUND:
+            effects.append(self._direction_mismatch(event, key, status))
+        timed_before = (record.timings.ringing_at, record.timings.answered_at)
+        record = self._record_status(record, status, event.at)
+        timed_after = (record.timings.ringing_at, record.timings.answered_at)
+        if not isinstance(event, AttributesChanged) and timed_after != timed_before:
+            # Seen in a snapshot, not as it happened: when it rang or answered is a guess.
+            record = replace(record, timings_approximate=True)
+        record = replace(record, state=target)
+        self._calls[key] = replace(call, record=record)
+        effects.append(StateChanged(event.at, event.source, current, record))
+        return effects
+
+    @staticmethod
+    def _record_status(record: CallRecord, status: SipStatus, at: float) -> CallRecord:
+        timings = record.timings
+        if status is SipStatus.RINGING and timings.ringing_at is None:
+            timings = replace(timings, ringing_at=at)
+        if status in _ANSWERED and timings.answered_at is None:
+            timings = replace(timings, answered_at=at)
+        return replace(
+            record,
+            last_status=status,
+            statuses=(*record.statuses, status),
+            timings=timings,
+        )
+
+    def _regression(
+        self,
+        event: ParticipantSeen | AttributesChanged | ParticipantLeft,
+        key: str,
+        previous: SipStatus | None,
+        status: SipStatus,
+    ) -> Anomaly:
+        return Anomaly(
+            event.at,
+            AnomalyKind.STATUS_REGRESSED,
+            f"status {status} after {previous}; ignored",
+            event.room,
+            key,
+        )
+
+    @staticmethod
+    def _direction_mismatch(
+        event: ParticipantSeen | AttributesChanged | ParticipantLeft, key: str, status: SipStatus
+    ) -> Anomaly:
+        return Anomaly(
+            event.at,
+            AnomalyKind.DIRECTION_MISMATCH,
+            f"status {status} on an inbound call",
+            event.room,
+            key,
+        )
+
+    # ---- ends ---------------------------------------------------------------------
+
+    def _begin_end(
+        self, key: str, at: float, source: Source, reason: Reason | None, strength: int
+    ) -> list[Effect]:
+        call = self._calls[key]
+        record = replace(call.record, sources=call.record.sources | {source})
+        pending = call.pending
+        if pending is not None:
+            if strength > pending.strength:
+                pending = _PendingEnd(at, reason, strength, pending.deadline)
+            self._calls[key] = replace(call, record=record, pending=pending)
+            return []
+        pending = _PendingEnd(at, reason, strength, at + self.settings.settle_seconds)
+        previous = record.state
+        record = replace(record, state=CallState.ENDING)
+        self._calls[key] = replace(call, record=record, pending=pending)
+        if self.settings.settle_seconds <= 0:
+            return self._finalize(key, at, source, previous)
+        self._pending[key] = pending.deadline
+        return [StateChanged(at, source, previous, record)]
+
+    def _finalize(self, key: str, at: float, source: Source, previous: CallState) -> list[Effect]:
+        call = self._calls.pop(key)
+        self._pending.pop(key, None)
+        pending = call.pending
+        assert pending is not None  # only calls with a pending end are finalized
+        record = call.record
+        answered = any(status in _ANSWERED for status in record.statuses)
+        verdict = decide(
+            direction=record.direction,
+            answered=answered,
+            last_status=record.last_status,
+            reason=pending.reason,
+            sip_status_code=record.sip_status_code,
+            dial_failed=call.dial_failed,
+            evidence=pending.strength > _NO_EVIDENCE,
+        )
+        timings = replace(record.timings, ended_at=max(pending.at, record.timings.started_at))
+        if verdict.active_before_answer:
+            timings = replace(timings, answered_at=None)
+        final = replace(
+            record,
+            state=CallState.ENDED,
+            outcome=verdict.outcome,
+            ambiguity=verdict.ambiguity,
+            reason=pending.reason,
+            ended_by=verdict.ended_by,
+            timings=timings,
+        )
+        effects: list[Effect] = [
+            StateChanged(at, source, previous, final),
+            CallEnded(at, final),
+        ]
+        if verdict.active_before_answer:
+            effects.append(
+                Anomaly(
+                    at,
+                    AnomalyKind.ACTIVE_BEFORE_ANSWER,
+                    f"reached active, then ended as a failed dial ({verdict.outcome})",
+                    record.room,
+                    key,
+                )
+            )
+        if verdict.outcome is Outcome.LOST:
+            effects.append(
+                Anomaly(
+                    at,
+                    AnomalyKind.END_WITHOUT_EVIDENCE,
+                    "the call is gone and no source said how it ended",
+                    record.room,
+                    key,
+                )
+            )
+        self._forget(final, pending.reason)
+        return effects
+
+    def _forget(self, record: CallRecord, reason: Reason | None) -> None:
+        self._key_of_sid.pop(record.participant_sid, None)
+        keys = self._keys_of_room.get(record.room)
+        if keys is not None:
+            keys.discard(record.key)
+            if not keys:
+                del self._keys_of_room[record.room]
+        self._tombstones[record.key] = _Tombstone(
+            self._clock + self.settings.tombstone_seconds, reason, record.room, record.identity
+        )
+        # The sid maps to the tombstone too, so keyless late events find it.
+        self._tombstones[f"sid:{record.participant_sid}"] = self._tombstones[record.key]
+        self._ended_slots[(record.room, record.identity)] = record.key
+
+    def _after_end(
+        self, key: str, event: ParticipantSeen | AttributesChanged | ParticipantLeft
+    ) -> list[Effect]:
+        """A late event for a final call: never restarts or re-ends it; says so if it differs."""
+        stone = self._tombstones[key]
+        if isinstance(event, ParticipantLeft):
+            known = (event.reason, stone.reason)
+            if None not in known and event.reason != stone.reason:
+                return [
+                    Anomaly(
+                        event.at,
+                        AnomalyKind.CONFLICTING_END,
+                        f"ended with {stone.reason}, later told {event.reason}",
+                        event.room,
+                        key,
+                    )
+                ]
+            return []
+        if isinstance(event, AttributesChanged) and _status_changed(event):
+            return [
+                Anomaly(
+                    event.at,
+                    AnomalyKind.EVENT_AFTER_END,
+                    f"sip.callStatus={str(event.participant.status)[:64]!r} after the end",
+                    event.room,
+                    key,
+                )
+            ]
+        return []
+
+    # ---- the dial side --------------------------------------------------------------
+
+    def _on_dial_failed(self, event: DialFailed) -> list[Effect]:
+        key = self._find_dialed_call(event)
+        if key is not None:
+            return self._attach_dial(key, event)
+        ended = self._find_ended_dial(event)
+        if ended is not None:
+            return [
+                Anomaly(
+                    event.at,
+                    AnomalyKind.LATE_DIAL_DETAIL,
+                    f"SIP {event.sip_status_code} arrived after the outcome was final",
+                    event.room,
+                    ended,
+                )
+            ]
+        self._orphans[(event.room, event.participant_identity)] = _OrphanDial(
+            event, event.at + self.settings.orphan_dial_seconds
+        )
+        return []
+
+    def _find_dialed_call(self, event: DialFailed) -> str | None:
+        if event.call_id and event.call_id in self._calls:
+            return event.call_id
+        for key in sorted(self._keys_of_room.get(event.room, ())):
+            call = self._calls[key]
+            if (
+                call.record.identity == event.participant_identity
+                and call.record.direction is Direction.OUTBOUND
+                and not call.dial_failed
+            ):
+                return key
+        return None
+
+    def _find_ended_dial(self, event: DialFailed) -> str | None:
+        if event.call_id and event.call_id in self._tombstones:
+            return event.call_id
+        return self._ended_slots.get((event.room, event.participant_identity))
+
+    def _attach_dial(self, key: str, event: DialFailed) -> list[Effect]:
+        call = self._calls[key]
+        record = replace(
+            call.record,
+            sip_status_code=event.sip_status_code,
+            sip_status=event.sip_status[:200],
+            sources=call.record.sources | {Source.DIAL},
+        )
+        self._calls[key] = replace(call, record=record, dial_failed=True)
+        return []
+
+    def _claim_orphan_dial(self, key: str) -> None:
+        record = self._calls[key].record
+        orphan = self._orphans.pop((record.room, record.identity), None)
+        if orphan is not None:
+            self._attach_dial(key, orphan.event)
+
+    # ---- time -----------------------------------------------------------------------
+
+    def _advance_clock(self, at: float) -> list[Effect]:
+        if at <= self._clock:
+            return []
+        self._clock = at
+        effects: list[Effect] = []
+        due = sorted((deadline, key) for key, deadline in self._pending.items() if deadline <= at)
+        for _, key in due:
+            effects += self._finalize(key, at, Source.CLOCK, CallState.ENDING)
+        while self._tombstones:
+            oldest_key, oldest = next(iter(self._tombstones.items()))
+            if oldest.expires_at > at:
+                break
+            del self._tombstones[oldest_key]
+            slot = (oldest.room, oldest.identity)
+            if self._ended_slots.get(slot) == oldest_key:
+                del self._ended_slots[slot]
+        for slot, orphan in list(self._orphans.items()):
+            if orphan.expires_at <= at:
+                del self._orphans[slot]
+                effects.append(
+                    Anomaly(
+                        at,
+                        AnomalyKind.UNMATCHED_DIAL_DETAIL,
+                        f"SIP {orphan.event.sip_status_code} for a call never seen",
+                        orphan.event.room,
+                        "",
+                    )
+                )
+        return effects
+
+
+def _is_forward(previous: SipStatus | None, status: SipStatus) -> bool:
+    if previous is None:
+        return True
+    return _STATE_OF_STATUS[status] in TRANSITIONS[_STATE_OF_STATUS[previous]]
+
+
+def _status_changed(event: AttributesChanged) -> bool:
+    return ATTR_CALL_STATUS in event.changed
+
+
+def feed(book: CallBook, events: Iterable[Event]) -> list[Effect]:
+    """Apply events in order and return all effects (for replay and tests)."""
+    effects: list[Effect] = []
+    for event in events:
+        effects += book.step(event)
+    return effects

@@ -1,0 +1,175 @@
+"""How a call's outcome is decided from what the room, the webhooks and the dial side saw.
+
+Pure functions over the facts of SIP_FACTS.md: a failed dial never gets a final
+`sip.callStatus`, so the outcome comes from three things together: whether the call was
+ever answered, its last status, and the disconnect reason; plus, when the dial-side hook
+sent it, the SIP status code of a failed CreateSIPParticipant. Where the room cannot tell
+two causes apart the verdict carries an `ambiguity` naming the alternatives, rather than
+a silent guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from monitor.model import Direction, EndedBy, Outcome, Reason, SipStatus
+
+__all__ = ["Verdict", "decide", "outcome_of_sip_code"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Outcome
+    ended_by: EndedBy
+    ambiguity: str = ""
+    # True when the call reached `active` but ended the way only a failed dial ends:
+    # livekit-sip set active before the far end really answered (livekit issue #3841).
+    active_before_answer: bool = False
+
+
+# Reasons livekit-server gives when our own API ended the call.
+_OUR_SIDE = frozenset({Reason.PARTICIPANT_REMOVED, Reason.ROOM_DELETED})
+# Reasons that name a failure of the server, the network or a client, not a SIP cause.
+_SERVER_SIDE = frozenset(
+    {
+        Reason.SERVER_SHUTDOWN,
+        Reason.CONNECTION_TIMEOUT,
+        Reason.SIGNAL_CLOSE,
+        Reason.JOIN_FAILURE,
+        Reason.MEDIA_FAILURE,
+        Reason.MIGRATION,
+        Reason.STATE_MISMATCH,
+        Reason.DUPLICATE_IDENTITY,
+        Reason.AGENT_ERROR,
+        Reason.ROOM_CLOSED,
+    }
+)
+# Reasons with which livekit-sip reports a failed dial (pkg/sip/errors.go).
+_DIAL_FAILURE = frozenset({Reason.USER_REJECTED, Reason.USER_UNAVAILABLE, Reason.SIP_TRUNK_FAILURE})
+
+AMBIGUOUS_480 = "480 means busy, unreachable or no answer depending on the carrier"
+AMBIGUOUS_UNAVAILABLE_DIALING = "404, 408, 480 or no response from the far end"
+AMBIGUOUS_UNAVAILABLE_RINGING = "ringing timeout, or 480/408 after ringing"
+AMBIGUOUS_CLIENT_INITIATED_DIAL = (
+    "5xx or network error towards the trunk, or the SIP service stopped"
+)
+AMBIGUOUS_NO_HANGUP = (
+    "no hangup status: far-end BYE with the stuck-status quirk, media timeout "
+    "or the SIP service stopped"
+)
+AMBIGUOUS_NO_REASON = "no disconnect reason was given"
+AMBIGUOUS_INBOUND_RINGING = "caller gave up, or the ringing timeout, or the SIP service stopped"
+
+
+def outcome_of_sip_code(code: int | None) -> tuple[Outcome, str]:
+    """Outcome of a failed dial from its SIP status code (None: no response at all)."""
+    if code is None or code == 408:
+        return Outcome.NO_ANSWER, ""
+    if code in (486, 600):
+        return Outcome.BUSY, ""
+    if code == 480:
+        return Outcome.UNAVAILABLE, AMBIGUOUS_480
+    if code in (404, 410, 484, 604):
+        return Outcome.NOT_FOUND, ""
+    if code in (401, 403, 407):
+        return Outcome.FORBIDDEN, ""
+    if 600 <= code <= 699:
+        return Outcome.DECLINED, ""
+    if 500 <= code <= 599:
+        return Outcome.TRUNK_FAILURE, ""
+    return Outcome.REJECTED, ""
+
+
+def decide(
+    *,
+    direction: Direction,
+    answered: bool,
+    last_status: SipStatus | None,
+    reason: Reason | None,
+    sip_status_code: int | None,
+    dial_failed: bool,
+    evidence: bool,
+) -> Verdict:
+    """The outcome of an ended call.
+
+    `evidence` is False when the call disappeared without any source saying how (a
+    listing no longer shows it, the room vanished with it): the outcome is then `lost`
+    unless the far end's hangup was already seen.
+    """
+    if last_status is SipStatus.HANGUP and answered:
+        # The far end hung up (BYE), or livekit-sip ended it (EndCall, max duration).
+        by = EndedBy.OUR_SIDE if reason in _OUR_SIDE else EndedBy.FAR_END
+        return Verdict(Outcome.COMPLETED, by)
+    if dial_failed:
+        outcome, ambiguity = outcome_of_sip_code(sip_status_code)
+        return Verdict(outcome, EndedBy.FAR_END, ambiguity, active_before_answer=answered)
+    if not evidence:
+        if last_status is SipStatus.HANGUP:
+            return _unanswered_hangup(direction)
+        return Verdict(Outcome.LOST, EndedBy.UNKNOWN, "")
+    if answered:
+        return _answered(reason)
+    if last_status is SipStatus.HANGUP:
+        return _unanswered_hangup(direction)
+    if direction is Direction.INBOUND:
+        return _inbound_unanswered(reason)
+    return _outbound_unanswered(last_status, reason)
+
+
+def _unanswered_hangup(direction: Direction) -> Verdict:
+    # hangup without answer: the inbound caller sent CANCEL/BYE while it rang; on an
+    # outbound call the far end ended it while ringing.
+    if direction is Direction.INBOUND:
+        return Verdict(Outcome.ABANDONED, EndedBy.FAR_END)
+    return Verdict(Outcome.REJECTED, EndedBy.FAR_END)
+
+
+def _answered(reason: Reason | None) -> Verdict:
+    if reason in _OUR_SIDE:
+        return Verdict(Outcome.COMPLETED, EndedBy.OUR_SIDE)
+    if reason in _DIAL_FAILURE:
+        # active was set, yet it ended as only a failed dial ends: it was never answered.
+        # It was in early media, so it rang: judge it as a dial that failed while ringing.
+        verdict = _outcome_of_failed_dial(SipStatus.RINGING, reason)
+        return Verdict(verdict.outcome, verdict.ended_by, verdict.ambiguity, True)
+    if reason is Reason.CLIENT_INITIATED:
+        return Verdict(Outcome.COMPLETED, EndedBy.UNKNOWN, AMBIGUOUS_NO_HANGUP)
+    if reason is Reason.ROOM_CLOSED:
+        return Verdict(Outcome.COMPLETED, EndedBy.SERVER)
+    if reason in _SERVER_SIDE:
+        return Verdict(Outcome.DROPPED, EndedBy.SERVER)
+    return Verdict(Outcome.COMPLETED, EndedBy.UNKNOWN, AMBIGUOUS_NO_REASON)
+
+
+def _inbound_unanswered(reason: Reason | None) -> Verdict:
+    if reason in _OUR_SIDE:
+        return Verdict(Outcome.CANCELLED, EndedBy.OUR_SIDE)
+    if reason in (Reason.CLIENT_INITIATED, Reason.UNKNOWN_REASON, None):
+        # livekit-sip always leaves inbound calls with UNKNOWN (seen as CLIENT_INITIATED).
+        return Verdict(Outcome.ABANDONED, EndedBy.UNKNOWN, AMBIGUOUS_INBOUND_RINGING)
+    if reason in _SERVER_SIDE:
+        return Verdict(Outcome.FAILED, EndedBy.SERVER)
+    return Verdict(Outcome.FAILED, EndedBy.UNKNOWN)
+
+
+def _outbound_unanswered(last_status: SipStatus | None, reason: Reason | None) -> Verdict:
+    if reason in _OUR_SIDE:
+        return Verdict(Outcome.CANCELLED, EndedBy.OUR_SIDE)
+    if reason in _DIAL_FAILURE:
+        return _outcome_of_failed_dial(last_status, reason)
+    if reason is Reason.CLIENT_INITIATED:
+        # livekit-sip sends UNKNOWN for 5xx and network errors; 1.13.5 shows CLIENT_INITIATED.
+        return Verdict(Outcome.TRUNK_FAILURE, EndedBy.UNKNOWN, AMBIGUOUS_CLIENT_INITIATED_DIAL)
+    if reason in _SERVER_SIDE:
+        return Verdict(Outcome.FAILED, EndedBy.SERVER)
+    return Verdict(Outcome.FAILED, EndedBy.UNKNOWN, AMBIGUOUS_NO_REASON)
+
+
+def _outcome_of_failed_dial(last_status: SipStatus | None, reason: Reason | None) -> Verdict:
+    if reason is Reason.USER_REJECTED:
+        return Verdict(Outcome.REJECTED, EndedBy.FAR_END)
+    if reason is Reason.SIP_TRUNK_FAILURE:
+        return Verdict(Outcome.TRUNK_FAILURE, EndedBy.FAR_END)
+    if last_status is SipStatus.RINGING:
+        return Verdict(Outcome.NO_ANSWER, EndedBy.FAR_END, AMBIGUOUS_UNAVAILABLE_RINGING)
+    return Verdict(Outcome.UNAVAILABLE, EndedBy.FAR_END, AMBIGUOUS_UNAVAILABLE_DIALING)

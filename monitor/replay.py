@@ -1,0 +1,164 @@
+"""Offline replay: a journal fed to a fresh machine, each call's story printed.
+
+The machine is set as the journal's header says, and the clock is the events' own, so
+the outcomes are those the live service reached. At the end of the journal the clock
+moves past every settle window: calls still open are listed as open, not ended.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from monitor.journal import BadLine, Header, read_journal
+from monitor.machine import CallBook, MachineSettings
+from monitor.model import (
+    CallEnded,
+    CallRecord,
+    CallStarted,
+    Effect,
+    Event,
+    StateChanged,
+    Tick,
+)
+from monitor.privacy import NumberMasker
+
+__all__ = ["ReplayResult", "print_replay", "record_summary", "replay", "replay_events"]
+
+
+@dataclass
+class ReplayResult:
+    effects: list[Effect] = field(default_factory=list)
+    ended: list[CallRecord] = field(default_factory=list)
+    open_calls: list[CallRecord] = field(default_factory=list)
+    bad_lines: list[BadLine] = field(default_factory=list)
+    events: int = 0
+
+    def outcome_counts(self) -> Counter[str]:
+        return Counter(str(record.outcome) for record in self.ended)
+
+
+def replay_events(
+    items: Iterable[Event | Header], settings: MachineSettings | None = None
+) -> ReplayResult:
+    """Feed events to a new machine; the first header's settings win over `settings`."""
+    result = ReplayResult()
+    book: CallBook | None = None
+    for item in items:
+        if isinstance(item, Header):
+            if book is None:
+                book = CallBook(item.settings)
+            continue
+        if book is None:
+            book = CallBook(settings)
+        result.events += 1
+        result.effects += book.step(item)
+    if book is not None:
+        # Let every settle window close, as the live clock would have.
+        horizon = book.now + book.settings.settle_seconds + 1e-6
+        result.effects += book.step(Tick(horizon))
+        result.open_calls = book.live_calls()
+    result.ended = [effect.call for effect in result.effects if isinstance(effect, CallEnded)]
+    return result
+
+
+def replay(paths: Iterable[Path], settings: MachineSettings | None = None) -> ReplayResult:
+    bad: list[BadLine] = []
+    result = replay_events(read_journal(paths, bad), settings)
+    result.bad_lines = bad
+    return result
+
+
+def _clock(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def record_summary(record: CallRecord, masker: NumberMasker) -> dict[str, object]:
+    """The call's final record as plain data (numbers masked as `masker` says)."""
+    timings = record.timings
+    return {
+        "call_id": record.call_id,
+        "key": record.key,
+        "room": record.room,
+        "participant_sid": record.participant_sid,
+        "identity": masker.text(record.identity),
+        "direction": str(record.direction),
+        "trunk_id": record.trunk_id,
+        "phone_number": masker.number(record.phone_number),
+        "outcome": str(record.outcome),
+        "ambiguity": record.ambiguity,
+        "reason": None if record.reason is None else str(record.reason),
+        "ended_by": None if record.ended_by is None else str(record.ended_by),
+        "sip_status_code": record.sip_status_code,
+        "statuses": [str(status) for status in record.statuses],
+        "post_dial_delay_seconds": timings.post_dial_delay
+        if record.direction == "outbound"
+        else None,
+        "time_to_answer_seconds": timings.time_to_answer,
+        "talk_seconds": timings.talk_duration,
+        "total_seconds": timings.total_duration,
+        "timings_approximate": record.timings_approximate,
+        "started_at": timings.started_at,
+        "ended_at": timings.ended_at,
+    }
+
+
+def _describe(effect: Effect, masker: NumberMasker) -> str:
+    if isinstance(effect, CallStarted):
+        call = effect.call
+        return (
+            f"{_clock(effect.at)}  {call.key}  started {call.direction} {call.state}"
+            f"  trunk={call.trunk_id or '-'} to={masker.number(call.phone_number) or '-'}"
+            f"  room={call.room}"
+        )
+    if isinstance(effect, StateChanged):
+        return (
+            f"{_clock(effect.at)}  {effect.call.key}  {effect.previous} -> {effect.call.state}"
+            f"  ({effect.source})"
+        )
+    if isinstance(effect, CallEnded):
+        call = effect.call
+        timings = call.timings
+        line = (
+            f"{_clock(effect.at)}  {call.key}  outcome={call.outcome}"
+            f"  reason={call.reason or '-'}  ended_by={call.ended_by}"
+            f"  statuses={','.join(call.statuses) or '-'}"
+            f"  answer={_seconds(timings.time_to_answer)}"
+            f"  talk={_seconds(timings.talk_duration)}"
+            f"  total={_seconds(timings.total_duration)}"
+        )
+        if call.sip_status_code is not None:
+            line += f"  sip={call.sip_status_code}"
+        if call.ambiguity:
+            line += f"  ambiguous: {call.ambiguity}"
+        return line
+    return f"{_clock(effect.at)}  {effect.call_key or '-'}  anomaly {effect.kind}: {effect.detail}"
+
+
+def print_replay(
+    result: ReplayResult, out: TextIO, masker: NumberMasker, as_json: bool = False
+) -> None:
+    """Each call's transitions and outcome, then a summary of outcomes."""
+    if as_json:
+        for record in result.ended:
+            print(json.dumps(record_summary(record, masker)), file=out)
+        return
+    for effect in result.effects:
+        print(_describe(effect, masker), file=out)
+    print(file=out)
+    print(f"{result.events} events, {len(result.ended)} calls ended", file=out)
+    for outcome, count in sorted(result.outcome_counts().items()):
+        print(f"  {outcome:<14} {count}", file=out)
+    for record in result.open_calls:
+        print(f"  still open: {record.key} ({record.state})", file=out)
+    for bad in result.bad_lines:
+        print(f"  skipped {bad.path}:{bad.number}: {bad.error}", file=out)
