@@ -18,7 +18,7 @@ Sources are equal and can be late, duplicated or out of order, so:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
@@ -54,7 +54,7 @@ from monitor.model import (
 )
 from monitor.outcome import decide
 
-__all__ = ["END_TRANSITIONS", "TRANSITIONS", "CallBook", "MachineSettings", "feed"]
+__all__ = ["END_TRANSITIONS", "TRANSITIONS", "CallBook", "MachineSettings"]
 
 # Status-driven moves: the state a call may go to from each state. Anything else a
 # status asks for is a regression (anomaly, ignored). Skips are allowed: a call may go
@@ -508,11 +508,10 @@ class CallBook:
 
     def _forget(self, record: CallRecord, reason: Reason | None) -> None:
         self._key_of_sid.pop(record.participant_sid, None)
-        keys = self._keys_of_room.get(record.room)
-        if keys is not None:
-            keys.discard(record.key)
-            if not keys:
-                del self._keys_of_room[record.room]
+        keys = self._keys_of_room[record.room]
+        keys.discard(record.key)
+        if not keys:
+            del self._keys_of_room[record.room]
         self._tombstones[record.key] = _Tombstone(
             self._clock + self.settings.tombstone_seconds, reason, record.room, record.identity
         )
@@ -648,11 +647,3 @@ def _is_forward(previous: SipStatus | None, status: SipStatus) -> bool:
 
 def _status_changed(event: AttributesChanged) -> bool:
     return ATTR_CALL_STATUS in event.changed
-
-
-def feed(book: CallBook, events: Iterable[Event]) -> list[Effect]:
-    """Apply events in order and return all effects (for replay and tests)."""
-    effects: list[Effect] = []
-    for event in events:
-        effects += book.step(event)
-    return effects

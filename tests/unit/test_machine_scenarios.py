@@ -1,0 +1,614 @@
+"""Scenario walks: every outcome and every livekit-sip quirk, in both directions.
+
+Times and statuses follow the recordings of the real livekit-sip (tests/fixtures/traces,
+shared/traces/README.md): e.g. run `a` rings at 0.045 s, answers at 2.08 s and hangs up
+at 5.08 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from monitor.machine import CallBook, MachineSettings
+from monitor.model import (
+    Anomaly,
+    AnomalyKind,
+    CallEnded,
+    CallStarted,
+    CallState,
+    Direction,
+    EndedBy,
+    Outcome,
+    Participant,
+    ParticipantLeft,
+    ParticipantSeen,
+    Reason,
+    SipStatus,
+    Source,
+    StateChanged,
+)
+from tests.unit.script import T0, CallScript, ended, only_end, run
+
+R = Reason
+
+
+def approx(value: float) -> object:
+    return pytest.approx(value, abs=1e-6)
+
+
+def anomalies(effects: Sequence[object]) -> list[AnomalyKind]:
+    return [effect.kind for effect in effects if isinstance(effect, Anomaly)]
+
+
+def outbound() -> CallScript:
+    return CallScript().seen(0.041, "dialing")
+
+
+def inbound() -> CallScript:
+    return CallScript(inbound=True, identity="sip_+15551230000").seen(0.2, "ringing")
+
+
+# ---- outbound -------------------------------------------------------------------------
+
+
+def test_answered_call_hung_up_by_callee_completes_with_its_timings() -> None:
+    script = outbound().to(0.045, "ringing").to(2.08, "active").to(5.081, "hangup")
+    script.left(5.083, R.CLIENT_INITIATED)
+    _, effects = run(script.events)
+    record = only_end(effects)
+    assert record.outcome is Outcome.COMPLETED
+    assert record.ended_by is EndedBy.FAR_END
+    assert record.ambiguity == ""
+    assert record.direction is Direction.OUTBOUND
+    assert record.statuses == ("dialing", "ringing", "active", "hangup")
+    assert record.timings.post_dial_delay == approx(0.004)
+    assert record.timings.time_to_answer == approx(2.039)
+    assert record.timings.talk_duration == approx(3.003)
+    assert record.timings.total_duration == approx(5.042)
+    assert not record.timings_approximate
+    assert anomalies(effects) == []
+
+
+def test_answered_call_removed_by_us_completes_ended_by_our_side() -> None:
+    # trace i: 200 at once (no ringing), participant removed after 3 s
+    script = outbound().to(0.05, "active").left(3.05, R.PARTICIPANT_REMOVED)
+    record = only_end(run(script.events)[1])
+    assert (record.outcome, record.ended_by) == (Outcome.COMPLETED, EndedBy.OUR_SIDE)
+    assert record.timings.ringing_at is None
+    assert record.timings.post_dial_delay is None
+
+
+def test_room_deleted_after_answer_completes_from_the_observers_own_disconnect() -> None:
+    # trace j: the observer gets `disconnected` ROOM_DELETED and no event for the callee
+    script = outbound().to(0.05, "ringing").to(1.1, "active").room_ended(4.1, R.ROOM_DELETED)
+    record = only_end(run(script.events)[1])
+    assert (record.outcome, record.ended_by) == (Outcome.COMPLETED, EndedBy.OUR_SIDE)
+    assert record.reason is R.ROOM_DELETED
+
+
+@pytest.mark.parametrize(
+    ("statuses", "reason", "outcome", "ambiguous"),
+    [
+        (["ringing"], R.USER_REJECTED, Outcome.REJECTED, False),  # 486, 603, 403 (b, d)
+        ([], R.USER_UNAVAILABLE, Outcome.UNAVAILABLE, True),  # 404, 480 (e, f)
+        (["ringing"], R.USER_UNAVAILABLE, Outcome.NO_ANSWER, True),  # ringing timeout (h)
+        (["ringing"], R.CLIENT_INITIATED, Outcome.TRUNK_FAILURE, True),  # 503 (g)
+        (["ringing"], R.SIP_TRUNK_FAILURE, Outcome.TRUNK_FAILURE, False),  # newer livekit-sip
+        (["ringing"], R.PARTICIPANT_REMOVED, Outcome.CANCELLED, False),
+        ([], R.ROOM_DELETED, Outcome.CANCELLED, False),
+        (["ringing"], R.SERVER_SHUTDOWN, Outcome.FAILED, False),
+        (["ringing"], R.UNKNOWN_REASON, Outcome.FAILED, True),
+        (["ringing"], None, Outcome.FAILED, True),
+        (["ringing", "hangup"], R.CLIENT_INITIATED, Outcome.REJECTED, False),
+    ],
+)
+def test_unanswered_outbound_outcome_comes_from_reason_and_last_status(
+    statuses: list[str], reason: Reason | None, outcome: Outcome, ambiguous: bool
+) -> None:
+    script = outbound()
+    for offset, status in enumerate(statuses):
+        script.to(0.05 + offset, status)
+    script.left(5.0, reason)
+    record = only_end(run(script.events)[1])
+    assert record.outcome is outcome
+    assert bool(record.ambiguity) is ambiguous
+    assert record.timings.time_to_answer is None
+    assert record.timings.talk_duration is None
+    assert record.reason is reason
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "outcome", "ambiguous"),
+    [
+        (486, R.USER_REJECTED, Outcome.BUSY, False),
+        (600, R.USER_REJECTED, Outcome.BUSY, False),
+        (603, R.USER_REJECTED, Outcome.DECLINED, False),
+        (607, R.USER_REJECTED, Outcome.DECLINED, False),
+        (403, R.USER_REJECTED, Outcome.FORBIDDEN, False),
+        (488, R.USER_REJECTED, Outcome.REJECTED, False),
+        (404, R.USER_UNAVAILABLE, Outcome.NOT_FOUND, False),
+        (480, R.USER_UNAVAILABLE, Outcome.UNAVAILABLE, True),
+        (408, R.USER_UNAVAILABLE, Outcome.NO_ANSWER, False),
+        (None, R.USER_UNAVAILABLE, Outcome.NO_ANSWER, False),  # Twirp canceled, no SIP code
+        (503, R.CLIENT_INITIATED, Outcome.TRUNK_FAILURE, False),
+        (500, R.CLIENT_INITIATED, Outcome.TRUNK_FAILURE, False),
+    ],
+)
+@pytest.mark.parametrize("detail_first", [True, False])
+def test_dial_side_sip_code_names_the_failure_the_room_cannot(
+    code: int | None, reason: Reason, outcome: Outcome, ambiguous: bool, detail_first: bool
+) -> None:
+    script = outbound().to(0.05, "ringing")
+    if detail_first:
+        script.dial_failed(1.0, code).left(1.01, reason)
+    else:
+        script.left(1.0, reason).dial_failed(1.05, code)
+    script.tick(3.0)
+    book, effects = run(script.events, settle=1.0)
+    record = only_end(effects)
+    assert record.outcome is outcome
+    assert record.sip_status_code == code
+    assert bool(record.ambiguity) is ambiguous
+    assert Source.DIAL in record.sources
+    assert book.live_calls() == []
+
+
+def test_dial_detail_before_the_call_is_seen_waits_for_it() -> None:
+    script = CallScript().dial_failed(0.0, 486)
+    script.seen(0.03, "dialing").to(0.04, "ringing").left(1.0, R.USER_REJECTED)
+    record = only_end(run(script.events)[1])
+    assert record.outcome is Outcome.BUSY
+
+
+def test_dial_detail_matched_by_call_id_when_the_dial_returned_one() -> None:
+    script = outbound().dial_failed(0.5, 603, call_id="SCL_test1").left(1.0, R.USER_REJECTED)
+    assert only_end(run(script.events)[1]).outcome is Outcome.DECLINED
+
+
+def test_dial_detail_for_no_call_is_counted_once_it_expires() -> None:
+    script = CallScript(room="other").dial_failed(0.0, 486).tick(29.0)
+    _, effects = run(script.events)
+    assert anomalies(effects) == []
+    _, effects = run(script.tick(31.0).events)
+    assert anomalies(effects) == [AnomalyKind.UNMATCHED_DIAL_DETAIL]
+
+
+def test_dial_detail_after_the_outcome_is_final_does_not_change_it() -> None:
+    script = outbound().to(0.05, "ringing").left(1.0, R.USER_REJECTED).dial_failed(1.2, 486)
+    _, effects = run(script.events)
+    assert only_end(effects).outcome is Outcome.REJECTED
+    assert anomalies(effects) == [AnomalyKind.LATE_DIAL_DETAIL]
+
+
+def test_automation_counts_as_the_answer() -> None:
+    script = outbound().to(0.05, "ringing").to(2.0, "automation").to(2.5, "active")
+    script.to(6.0, "hangup").left(6.01, R.CLIENT_INITIATED)
+    record = only_end(run(script.events)[1])
+    assert record.outcome is Outcome.COMPLETED
+    assert record.timings.answered_at == approx(T0 + 2.0)
+
+
+@pytest.mark.parametrize(
+    ("reason", "outcome", "ended_by"),
+    [
+        (R.CONNECTION_TIMEOUT, Outcome.DROPPED, EndedBy.SERVER),
+        (R.SERVER_SHUTDOWN, Outcome.DROPPED, EndedBy.SERVER),
+        (R.ROOM_CLOSED, Outcome.COMPLETED, EndedBy.SERVER),
+        (R.ROOM_DELETED, Outcome.COMPLETED, EndedBy.OUR_SIDE),
+    ],
+)
+def test_answered_call_cut_by_the_server(
+    reason: Reason, outcome: Outcome, ended_by: EndedBy
+) -> None:
+    script = outbound().to(0.05, "ringing").to(1.0, "active").left(9.0, reason)
+    record = only_end(run(script.events)[1])
+    assert (record.outcome, record.ended_by) == (outcome, ended_by)
+    assert record.timings.talk_duration == approx(8.0)
+
+
+# ---- inbound --------------------------------------------------------------------------
+
+
+def test_inbound_call_answered_then_caller_hangs_up() -> None:
+    script = inbound().to(1.0, "active").to(4.0, "hangup").left(4.002, R.CLIENT_INITIATED)
+    record = only_end(run(script.events)[1])
+    assert record.direction is Direction.INBOUND
+    assert (record.outcome, record.ended_by, record.ambiguity) == (
+        Outcome.COMPLETED,
+        EndedBy.FAR_END,
+        "",
+    )
+    assert record.statuses == ("ringing", "active", "hangup")
+    assert record.timings.time_to_answer == approx(0.8)
+    assert not record.timings_approximate
+
+
+@pytest.mark.parametrize(
+    ("statuses", "reason", "outcome", "ambiguous"),
+    [
+        (["hangup"], R.CLIENT_INITIATED, Outcome.ABANDONED, False),  # caller CANCEL
+        ([], R.CLIENT_INITIATED, Outcome.ABANDONED, True),  # or ringing timeout
+        ([], None, Outcome.ABANDONED, True),
+        ([], R.PARTICIPANT_REMOVED, Outcome.CANCELLED, False),
+        ([], R.SERVER_SHUTDOWN, Outcome.FAILED, False),
+        ([], R.USER_REJECTED, Outcome.FAILED, False),
+    ],
+)
+def test_unanswered_inbound_outcomes(
+    statuses: list[str], reason: Reason | None, outcome: Outcome, ambiguous: bool
+) -> None:
+    script = inbound()
+    for offset, status in enumerate(statuses):
+        script.to(1.0 + offset, status)
+    script.left(5.0, reason)
+    record = only_end(run(script.events)[1])
+    assert record.outcome is outcome
+    assert bool(record.ambiguity) is ambiguous
+
+
+def test_inbound_call_with_pin_joins_active_and_is_not_approximate() -> None:
+    script = CallScript(inbound=True).seen(0.0, "active").to(3.0, "hangup")
+    record = only_end(run(script.left(3.01, R.CLIENT_INITIATED).events)[1])
+    assert record.outcome is Outcome.COMPLETED
+    assert not record.timings_approximate
+
+
+def test_inbound_call_showing_dialing_is_an_anomaly_but_still_tracked() -> None:
+    script = CallScript(inbound=True).seen(0.0, "dialing")
+    script.to(0.5, "automation").left(3.0, R.CLIENT_INITIATED)
+    _, effects = run(script.events)
+    assert anomalies(effects) == [AnomalyKind.DIRECTION_MISMATCH] * 2
+    assert only_end(effects).direction is Direction.INBOUND
+
+
+# ---- the known livekit-sip quirks -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "code", "outcome"),
+    [
+        (R.USER_REJECTED, None, Outcome.REJECTED),
+        (R.USER_UNAVAILABLE, None, Outcome.NO_ANSWER),
+        (R.SIP_TRUNK_FAILURE, None, Outcome.TRUNK_FAILURE),
+        (R.USER_REJECTED, 486, Outcome.BUSY),
+    ],
+)
+def test_quirk_active_before_answer_is_judged_by_how_it_ended(
+    reason: Reason, code: int | None, outcome: Outcome
+) -> None:
+    # livekit issue #3841: active at early media; the callee then refuses or never answers
+    script = outbound().to(0.05, "ringing").to(0.5, "active")
+    if code is not None:
+        script.dial_failed(9.0, code)
+    script.left(9.0, reason)
+    _, effects = run(script.events)
+    record = only_end(effects)
+    assert record.outcome is outcome
+    assert record.timings.answered_at is None
+    assert record.timings.talk_duration is None
+    assert AnomalyKind.ACTIVE_BEFORE_ANSWER in anomalies(effects)
+
+
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+def test_quirk_ringing_skipped_goes_straight_to_active(direction: str) -> None:
+    # agents issue #3518
+    script = CallScript(inbound=direction == "inbound").seen(0.0, "dialing")
+    script.to(1.0, "active").to(4.0, "hangup").left(4.01, R.CLIENT_INITIATED)
+    _, effects = run(script.events)
+    record = only_end(effects)
+    assert record.outcome is Outcome.COMPLETED
+    assert record.timings.ringing_at is None
+    assert record.timings.time_to_answer == approx(1.0)
+    assert [e.call.state for e in effects if isinstance(e, StateChanged)] == [
+        CallState.ACTIVE,
+        CallState.HANGUP,
+        CallState.ENDED,
+    ]
+
+
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+def test_quirk_status_stuck_at_active_after_the_end(direction: str) -> None:
+    # sip issue #366: BYE, but no hangup status; the end is real, the cause unsure
+    script = CallScript(inbound=direction == "inbound").seen(0.0, "ringing")
+    script.to(1.0, "active").left(8.0, R.CLIENT_INITIATED)
+    record = only_end(run(script.events)[1])
+    assert record.outcome is Outcome.COMPLETED
+    assert record.ended_by is EndedBy.UNKNOWN
+    assert "hangup" in record.ambiguity
+    assert record.timings.talk_duration == approx(7.0)
+
+
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+def test_quirk_hangup_status_after_the_leave_is_absorbed_by_the_settle_window(
+    direction: str,
+) -> None:
+    # sip PR #725: the last attribute change and the disconnect arrive in either order
+    script = CallScript(inbound=direction == "inbound").seen(0.0, "ringing")
+    script.to(1.0, "active").left(8.0, R.CLIENT_INITIATED).to(8.002, "hangup").tick(9.5)
+    _, effects = run(script.events, settle=1.0)
+    record = only_end(effects)
+    assert (record.outcome, record.ended_by, record.ambiguity) == (
+        Outcome.COMPLETED,
+        EndedBy.FAR_END,
+        "",
+    )
+    assert record.statuses[-1] is SipStatus.HANGUP
+    assert record.timings.ended_at == approx(T0 + 8.0)
+    assert anomalies(effects) == []
+
+
+def test_quirk_hangup_after_the_final_outcome_is_an_anomaly_not_a_second_end() -> None:
+    script = outbound().to(1.0, "active").left(8.0, R.CLIENT_INITIATED).to(8.002, "hangup")
+    _, effects = run(script.events, settle=0.0)
+    assert len(ended(effects)) == 1
+    assert anomalies(effects) == [AnomalyKind.EVENT_AFTER_END]
+
+
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+@pytest.mark.parametrize("answered", [True, False])
+def test_quirk_missing_reason_gives_an_ambiguous_outcome(direction: str, answered: bool) -> None:
+    # sip #294, python-sdks #398: no reason, or one outside the protocol's list
+    script = CallScript(inbound=direction == "inbound").seen(0.0, "ringing")
+    if answered:
+        script.to(1.0, "active")
+    script.left(5.0, None, raw_reason="42")
+    _, effects = run(script.events)
+    record = only_end(effects)
+    assert record.ambiguity
+    assert record.reason is None
+    assert AnomalyKind.UNKNOWN_REASON_VALUE in anomalies(effects)
+
+
+def test_quirk_480_is_ambiguous_even_with_the_sip_code() -> None:
+    # sip #468: busy, unreachable or no answer depending on the carrier
+    script = outbound().dial_failed(0.08, 480).left(0.1, R.USER_UNAVAILABLE)
+    record = only_end(run(script.events)[1])
+    assert record.outcome is Outcome.UNAVAILABLE
+    assert "480" in record.ambiguity
+
+
+def test_quirk_carrier_cps_limit_is_a_rejection_in_the_room_and_a_trunk_failure_by_code() -> None:
+    # sip #481: carrier CPS limits come back as 5xx and livekit-sip calls them rejected
+    room_only = outbound().to(0.05, "ringing").left(0.3, R.USER_REJECTED)
+    assert only_end(run(room_only.events)[1]).outcome is Outcome.REJECTED
+    with_code = outbound().to(0.05, "ringing").dial_failed(0.3, 503).left(0.3, R.USER_REJECTED)
+    assert only_end(run(with_code.events)[1]).outcome is Outcome.TRUNK_FAILURE
+
+
+# ---- several sources, late and duplicate events ---------------------------------------
+
+
+def test_webhook_and_room_leave_count_once() -> None:
+    # trace webhooks_e: participant_left webhook 2.8 s before the room's own leave
+    script = CallScript().seen(0.031, "dialing", Source.WEBHOOK).seen(0.036, "dialing")
+    script.left(0.053, R.USER_UNAVAILABLE, Source.WEBHOOK).left(2.874, R.USER_UNAVAILABLE)
+    book, effects = run(script.events, settle=1.0)
+    assert len(ended(effects)) == 1
+    assert [e for e in effects if isinstance(e, CallStarted)].__len__() == 1
+    assert anomalies(effects) == []
+    assert book.live_calls() == []
+
+
+def test_a_leave_with_another_reason_after_the_end_is_a_conflict_not_a_second_end() -> None:
+    script = outbound().left(1.0, R.USER_REJECTED).left(1.5, R.CLIENT_INITIATED)
+    _, effects = run(script.events)
+    assert len(ended(effects)) == 1
+    assert anomalies(effects) == [AnomalyKind.CONFLICTING_END]
+
+
+def test_room_finished_before_participant_left_is_overruled_within_the_settle_window() -> None:
+    script = outbound().to(0.05, "ringing").room_ended(1.0, None, Source.WEBHOOK)
+    script.left(1.2, R.USER_REJECTED, Source.WEBHOOK).tick(3.0)
+    _, effects = run(script.events, settle=1.0)
+    record = only_end(effects)
+    assert record.outcome is Outcome.REJECTED
+    assert record.reason is R.USER_REJECTED
+    assert record.timings.ended_at == approx(T0 + 1.2)
+
+
+def test_room_gone_with_no_word_on_the_call_is_lost_and_said_so() -> None:
+    script = outbound().to(0.05, "active").room_ended(5.0, None, Source.WEBHOOK)
+    _, effects = run(script.events)
+    assert only_end(effects).outcome is Outcome.LOST
+    assert anomalies(effects) == [AnomalyKind.END_WITHOUT_EVIDENCE]
+
+
+def test_vanished_from_a_listing_is_lost_unless_the_hangup_was_seen() -> None:
+    lost = outbound().to(0.05, "active").vanished(30.0)
+    assert only_end(run(lost.events)[1]).outcome is Outcome.LOST
+    hung_up = outbound().to(0.05, "active").to(5.0, "hangup").vanished(30.0)
+    assert only_end(run(hung_up.events)[1]).outcome is Outcome.COMPLETED
+    inbound_cancel = inbound().to(5.0, "hangup").vanished(30.0)
+    assert only_end(run(inbound_cancel.events)[1]).outcome is Outcome.ABANDONED
+
+
+def test_vanished_for_an_unknown_participant_does_nothing() -> None:
+    _, effects = run(CallScript().vanished(1.0).events)
+    assert effects == []
+
+
+def test_a_weaker_end_within_the_settle_window_does_not_replace_a_stronger_one() -> None:
+    script = outbound().to(0.05, "ringing").left(1.0, R.USER_REJECTED)
+    script.room_ended(1.1, None).vanished(1.2).tick(5.0)
+    record = only_end(run(script.events, settle=1.0)[1])
+    assert record.outcome is Outcome.REJECTED
+
+
+def test_first_seen_in_a_later_state_uses_the_join_time_and_says_timings_are_approximate() -> None:
+    # STACK.md: a participant that joined dialing may first be seen ringing
+    script = CallScript().seen(0.5, "ringing", joined=0.03).to(2.0, "active")
+    script.to(5.0, "hangup").left(5.01, R.CLIENT_INITIATED)
+    record = only_end(run(script.events)[1])
+    assert record.timings.started_at == approx(T0 + 0.03)
+    assert record.timings_approximate
+    assert record.outcome is Outcome.COMPLETED
+
+
+def test_answer_seen_only_in_a_snapshot_makes_timings_approximate() -> None:
+    script = outbound().seen(3.0, "active", Source.RECONCILE).left(9.0, R.PARTICIPANT_REMOVED)
+    record = only_end(run(script.events)[1])
+    assert record.timings_approximate
+    assert record.outcome is Outcome.COMPLETED
+
+
+def test_leave_of_a_call_never_seen_starts_and_ends_it_at_once() -> None:
+    # a 404 leaves before it publishes: the webhook may be all there is
+    script = CallScript().left(0.05, R.USER_UNAVAILABLE, Source.WEBHOOK, status="dialing")
+    _, effects = run(script.events)
+    assert [type(e) for e in effects] == [CallStarted, StateChanged, CallEnded]
+    assert only_end(effects).outcome is Outcome.UNAVAILABLE
+
+
+def test_status_moving_backwards_is_ignored_and_counted() -> None:
+    script = outbound().to(0.05, "ringing").to(1.0, "active").to(1.5, "ringing")
+    book, effects = run(script.events)
+    assert anomalies(effects) == [AnomalyKind.STATUS_REGRESSED]
+    record = book.call("SCL_test1")
+    assert record is not None
+    assert record.state is CallState.ACTIVE
+
+
+def test_same_status_again_is_no_change() -> None:
+    # livekit-sip re-sets the same attributes right after joining
+    script = outbound().to(0.01, "dialing").to(0.05, "ringing").to(0.06, "ringing")
+    _, effects = run(script.events)
+    assert [e.call.state for e in effects if isinstance(e, StateChanged)] == [CallState.RINGING]
+
+
+def test_unknown_and_missing_status_values_are_anomalies() -> None:
+    script = CallScript().seen(0.0, None).to(0.5, "connecting").to(1.0, "ringing")
+    book, effects = run(script.events)
+    assert anomalies(effects) == [AnomalyKind.MISSING_STATUS, AnomalyKind.UNKNOWN_STATUS]
+    record = book.call("SCL_test1")
+    assert record is not None
+    assert record.state is CallState.RINGING
+
+
+def test_status_moving_backwards_while_ending_is_ignored() -> None:
+    script = outbound().to(1.0, "active").left(5.0, R.CLIENT_INITIATED).to(5.1, "ringing")
+    script.tick(7.0)
+    _, effects = run(script.events, settle=1.0)
+    assert anomalies(effects) == [AnomalyKind.STATUS_REGRESSED]
+    assert only_end(effects).statuses == ("dialing", "active")
+
+
+def test_missing_call_id_keys_the_call_by_participant_sid() -> None:
+    script = CallScript(call_id="").seen(0.0, "dialing").to(1.0, "active")
+    script.left(3.0, R.PARTICIPANT_REMOVED).to(3.1, "hangup")
+    _, effects = run(script.events)
+    record = only_end(effects)
+    assert record.key == "sid:PA_test1"
+    assert anomalies(effects) == [AnomalyKind.MISSING_CALL_ID, AnomalyKind.EVENT_AFTER_END]
+
+
+def test_a_changed_call_id_stays_on_the_first_key() -> None:
+    script = outbound()
+    script.call_id = "SCL_other"
+    script.to(1.0, "ringing")
+    book, effects = run(script.events)
+    assert anomalies(effects) == [AnomalyKind.CALL_ID_CHANGED]
+    assert book.call("SCL_test1") is not None
+    assert book.call("SCL_other") is None
+
+
+def test_participant_without_call_id_later_gaining_one_stays_on_its_sid_key() -> None:
+    script = CallScript(call_id="").seen(0.0, "dialing")
+    script.call_id = "SCL_late"
+    script.to(1.0, "ringing")
+    book, effects = run(script.events)
+    assert anomalies(effects) == [AnomalyKind.MISSING_CALL_ID]
+    assert book.call("sid:PA_test1") is not None
+
+
+def test_non_sip_participants_are_not_calls() -> None:
+    agent = Participant("PA_agent", "agent", {"sip.callStatus": "active"}, is_sip=False)
+    book = CallBook()
+    assert book.step(ParticipantSeen(T0, Source.ROOM, "r", agent)) == []
+    assert book.step(ParticipantLeft(T0 + 1, Source.ROOM, "r", agent, R.CLIENT_INITIATED)) == []
+    assert book.live_calls() == []
+
+
+def test_room_ending_ends_every_call_in_it_and_no_other() -> None:
+    first = CallScript(call_id="SCL_a", sid="PA_a").seen(0.0, "dialing").to(1.0, "active")
+    second = CallScript(call_id="SCL_b", sid="PA_b", identity="b").seen(0.1, "dialing")
+    elsewhere = CallScript(call_id="SCL_c", sid="PA_c", room="other").seen(0.2, "dialing")
+    events = first.events + second.events + elsewhere.events
+    events += CallScript().room_ended(5.0, R.ROOM_DELETED).events
+    book, effects = run(events)
+    outcomes = {record.key: record.outcome for record in ended(effects)}
+    assert outcomes == {"SCL_a": Outcome.COMPLETED, "SCL_b": Outcome.CANCELLED}
+    assert [record.key for record in book.live_calls()] == ["SCL_c"]
+    assert book.rooms() == {"other"}
+
+
+def test_events_after_the_end_never_restart_the_call() -> None:
+    script = outbound().left(1.0, R.USER_REJECTED)
+    script.seen(2.0, "dialing", Source.RECONCILE).left(2.5, R.USER_REJECTED)
+    book, effects = run(script.events)
+    assert len([e for e in effects if isinstance(e, CallStarted)]) == 1
+    assert len(ended(effects)) == 1
+    assert book.is_ended("SCL_test1")
+
+
+def test_tombstones_expire_after_their_time() -> None:
+    settings = MachineSettings(tombstone_seconds=10.0)
+    book = CallBook(settings)
+    for event in outbound().left(1.0, R.USER_REJECTED).dial_failed(1.1, 486).tick(20.0).events:
+        book.step(event)
+    assert not book.is_ended("SCL_test1")
+
+
+def test_settle_window_shows_the_call_as_ending_until_the_clock_passes_it() -> None:
+    script = outbound().to(1.0, "active").to(5.0, "hangup").left(5.0, R.CLIENT_INITIATED)
+    book, effects = run(script.events, settle=2.0)
+    assert ended(effects) == []
+    assert [record.state for record in book.live_calls()] == [CallState.ENDING]
+    assert book.step(script.tick(6.9).events[-1]) == []
+    final = book.step(script.tick(7.0).events[-1])
+    assert [type(effect) for effect in final] == [StateChanged, CallEnded]
+    assert book.live_calls() == []
+
+
+def test_clock_never_goes_backwards() -> None:
+    script = outbound().to(1.0, "active").left(5.0, R.CLIENT_INITIATED).tick(4.0)
+    book, effects = run(script.events, settle=2.0)
+    assert ended(effects) == []
+    assert book.now == approx(T0 + 5.0)
+
+
+def test_room_sid_learned_later_is_kept() -> None:
+    book = CallBook()
+    script = CallScript()
+    first = ParticipantSeen(T0, Source.WEBHOOK, "call-test", script.participant(), "")
+    book.step(first)
+    book.step(ParticipantSeen(T0 + 1, Source.ROOM, "call-test", script.participant(), "RM_9"))
+    record = book.call("SCL_test1")
+    assert record is not None
+    assert record.room_sid == "RM_9"
+
+
+def test_dial_detail_finds_its_call_among_several_in_the_room() -> None:
+    first = CallScript(call_id="SCL_a", sid="PA_a", identity="a").seen(0.0, "dialing")
+    second = CallScript(call_id="SCL_b", sid="PA_b", identity="b").seen(0.1, "dialing")
+    second.dial_failed(0.5, 486).left(0.6, R.USER_REJECTED)
+    first.left(0.7, R.USER_REJECTED)
+    _, effects = run(first.events[:1] + second.events + first.events[1:])
+    outcomes = {record.key: record.outcome for record in ended(effects)}
+    assert outcomes == {"SCL_a": Outcome.REJECTED, "SCL_b": Outcome.BUSY}
+
+
+def test_late_dial_detail_found_by_call_id() -> None:
+    script = outbound().left(1.0, R.USER_REJECTED)
+    script.identity = "renamed"
+    script.dial_failed(1.5, 486, call_id="SCL_test1")
+    _, effects = run(script.events)
+    assert anomalies(effects) == [AnomalyKind.LATE_DIAL_DETAIL]
+
+
+def test_first_status_arriving_after_the_leave_is_recorded() -> None:
+    script = CallScript().seen(0.0, None).left(1.0, R.USER_REJECTED, status=None)
+    script.to(1.1, "ringing").tick(3.0)
+    _, effects = run(script.events, settle=1.0)
+    assert only_end(effects).statuses == ("ringing",)
