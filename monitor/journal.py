@@ -110,6 +110,8 @@ def decode_line(line: str) -> Event | Header:
     if data.get("v") != FORMAT_VERSION:
         raise JournalError(f"unsupported journal version {data.get('v')!r}")
     kind = data.get("type")
+    if kind != "header" and kind not in _TYPE_OF.values():
+        raise JournalError(f"unknown event type {kind!r}")
     try:
         return _decode(kind, data)
     except (KeyError, TypeError, ValueError) as error:
@@ -150,14 +152,12 @@ def _decode(kind: object, data: dict[str, Any]) -> Event | Header:
     room_sid = _text(data.get("room_sid", ""))
     if kind == "participant_seen":
         return ParticipantSeen(at, source, room, participant, room_sid)
-    if kind == "attributes_changed":
-        changed = _attributes(data.get("changed") or {})
-        return AttributesChanged(at, source, room, participant, changed, room_sid)
     if kind == "participant_left":
         reason, raw = parse_reason(data.get("reason"))
         raw = _text(data.get("raw_reason", raw))
         return ParticipantLeft(at, source, room, participant, reason, raw, room_sid)
-    raise ValueError(f"unknown event type {kind!r}")
+    changed = _attributes(data.get("changed") or {})
+    return AttributesChanged(at, source, room, participant, changed, room_sid)
 
 
 def _participant(data: Any) -> Participant:

@@ -104,6 +104,8 @@ _INITIAL_STATUS: Mapping[Direction, frozenset[SipStatus]] = MappingProxyType(
     }
 )
 _NOT_FOR_INBOUND = frozenset({SipStatus.DIALING, SipStatus.AUTOMATION})
+# A join time further than this ahead of our clock means the clocks disagree.
+_CLOCK_SKEW_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +277,10 @@ class CallBook:
         attrs = participant.attributes
         direction = Direction.INBOUND if attrs.get(ATTR_RULE_ID) else Direction.OUTBOUND
         started_at = event.at
+        skewed = False
         if participant.joined_at is not None:
             started_at = min(started_at, participant.joined_at)
+            skewed = participant.joined_at > event.at + _CLOCK_SKEW_SECONDS
         record = CallRecord(
             key=key,
             call_id=participant.call_id or "",
@@ -299,6 +303,16 @@ class CallBook:
         self._key_of_sid[participant.sid] = key
         self._keys_of_room.setdefault(event.room, set()).add(key)
         effects: list[Effect] = []
+        if skewed:
+            effects.append(
+                Anomaly(
+                    event.at,
+                    AnomalyKind.CLOCK_SKEW,
+                    "the server's join time is ahead of this monitor's clock",
+                    event.room,
+                    key,
+                )
+            )
         if not participant.call_id:
             effects.append(
                 Anomaly(event.at, AnomalyKind.MISSING_CALL_ID, "no sip.callID", event.room, key)

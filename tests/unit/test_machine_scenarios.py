@@ -612,3 +612,10 @@ def test_first_status_arriving_after_the_leave_is_recorded() -> None:
     script.to(1.1, "ringing").tick(3.0)
     _, effects = run(script.events, settle=1.0)
     assert only_end(effects).statuses == ("ringing",)
+
+
+def test_a_join_time_ahead_of_our_clock_is_clock_skew() -> None:
+    script = CallScript().seen(1.0, "dialing", Source.WEBHOOK, joined=10.0)
+    _, effects = run(script.left(2.0, R.USER_REJECTED).events)
+    assert anomalies(effects) == [AnomalyKind.CLOCK_SKEW]
+    assert only_end(effects).timings.started_at == approx(T0 + 1.0)

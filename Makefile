@@ -1,0 +1,67 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Everything they need
+# (uv, Python packages, redis-server, livekit-server, the SIP simulator) is installed
+# on first use; later runs reuse it.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# uv from PATH, else a private copy installed from PyPI into .cache/tools.
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.cache/tools/uv/bin/uv)
+RUN := $(UV) run --frozen
+PYTEST_ARGS ?=
+
+.PHONY: help demo test test-unit lint fmt coverage build samples clean
+
+help:
+	@echo "make demo       run the main job: the sample journal, replayed"
+	@echo "make test       lint, unit tests with coverage, integration tests on a real stack"
+	@echo "make test-unit  only the unit tests (no LiveKit needed)"
+	@echo "make lint       ruff check, ruff format --check, mypy --strict"
+	@echo "make fmt        format the code"
+	@echo "make build      install redis-server, build livekit-server and the SIP simulator"
+	@echo "make samples    regenerate samples/ from tests/fixtures/traces"
+
+$(CURDIR)/.cache/tools/uv/bin/uv:
+	@echo ">> installing uv from PyPI into .cache/tools/uv"
+	python3 -m pip install --quiet --disable-pip-version-check --target .cache/tools/uv uv
+
+.venv/.synced: $(UV) pyproject.toml uv.lock
+	@echo ">> installing Python packages (uv sync)"
+	$(UV) sync --frozen
+	@touch $@
+
+demo: .venv/.synced
+	$(RUN) call-monitor replay samples/traces.journal.jsonl
+
+lint: .venv/.synced
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+
+fmt: .venv/.synced
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+build: .venv/.synced
+	$(RUN) python -m stack build
+
+# pytest exits 5 when it collected no tests: here that means a broken test tree, not
+# success, so it is reported as a failure of its own.
+define pytest
+	$(RUN) $(1); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "!! pytest collected no tests: $(1)" >&2; exit 1; fi; \
+	exit $$status
+endef
+
+test-unit: .venv/.synced
+	@$(call pytest,coverage run -m pytest tests/unit $(PYTEST_ARGS))
+	$(RUN) coverage report --include='monitor/machine.py,monitor/outcome.py' --fail-under=100 --show-missing
+
+test: lint test-unit build
+	@$(call pytest,pytest tests/integration $(PYTEST_ARGS))
+
+samples: .venv/.synced
+	$(RUN) python -m tests.trace_journal
+
+clean:
+	rm -rf .cache/stack .pytest_cache .mypy_cache .ruff_cache .coverage

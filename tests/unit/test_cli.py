@@ -1,0 +1,79 @@
+"""The call-monitor command: replay output and exit statuses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monitor.cli import main
+from tests import trace_journal
+
+ENV = {
+    "LIVEKIT_URL": "wss://lk.example.com",
+    "LIVEKIT_API_KEY": "APIkey",
+    "LIVEKIT_API_SECRET": "s3cr3t-value-that-must-not-show-up",
+}
+
+
+def test_replay_of_the_sample_prints_every_outcome_the_traces_state(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["replay", str(trace_journal.SAMPLE)]) == 0
+    out = capsys.readouterr().out
+    expected = [outcome for outcome in trace_journal.EXPECTED_OUTCOMES.values() if outcome]
+    for outcome in set(expected):
+        assert f"  {outcome:<14} {expected.count(outcome)}\n" in out
+    assert "still open:" in out
+    assert "+15551112222" not in out
+
+
+def test_replay_json_unmasked(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "--json", "--show-numbers", str(trace_journal.SAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 28
+    assert "+15551112222" in out
+
+
+def test_replay_of_a_missing_file_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "/nonexistent.jsonl"]) == 2
+    assert capsys.readouterr().err == "call-monitor: replay: no such file: /nonexistent.jsonl\n"
+
+
+def test_replay_with_unreadable_lines_exits_1_and_names_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = tmp_path / "j.jsonl"
+    journal.write_text(trace_journal.SAMPLE.read_text() + "oops\n")
+    assert main(["replay", str(journal)]) == 1
+    assert f"skipped {journal}:" in capsys.readouterr().err
+
+
+def test_config_prints_settings_without_the_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    assert main(["config", "--http-port", "9100"]) == 0
+    out = capsys.readouterr().out
+    assert "http_port=9100\n" in out
+    assert "livekit_api_secret=(set)\n" in out
+    assert ENV["LIVEKIT_API_SECRET"] not in out
+
+
+def test_installed_command_exits_2_with_one_line_for_a_bad_setting() -> None:
+    env = {"PATH": "/usr/bin:/bin", **ENV, "CALL_MONITOR_HTTP_PORT": "port"}
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "call-monitor: CALL_MONITOR_HTTP_PORT must be an integer from 0 to 65535, got 'port'\n"
+    )
+    assert ENV["LIVEKIT_API_SECRET"] not in done.stdout + done.stderr

@@ -1,0 +1,106 @@
+"""Settings: flags over environment over defaults; one-line errors naming the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.config import ConfigError, describe, load_settings
+
+BASE = {
+    "LIVEKIT_URL": "ws://127.0.0.1:7880",
+    "LIVEKIT_API_KEY": "APIkey",
+    "LIVEKIT_API_SECRET": "a-very-secret-secret-of-32-chars!",
+}
+
+
+def test_defaults_fill_what_is_not_given() -> None:
+    settings = load_settings({}, BASE)
+    assert settings.http_host == "127.0.0.1"
+    assert settings.http_port == 9469
+    assert settings.settle_seconds == 1.0
+    assert settings.journal_path is None
+    assert settings.mask_numbers is True
+    assert settings.instance  # the host name
+
+
+def test_flags_win_over_the_environment() -> None:
+    env = {**BASE, "CALL_MONITOR_HTTP_PORT": "8000", "CALL_MONITOR_JOURNAL": "/tmp/j"}
+    settings = load_settings({"http_port": "9000"}, env)
+    assert settings.http_port == 9000
+    assert settings.journal_path == Path("/tmp/j")
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "message"),
+    [
+        ({}, {}, "LIVEKIT_URL is not set (or pass --livekit-url)"),
+        ({**BASE, "LIVEKIT_URL": "ftp://x"}, {}, "LIVEKIT_URL must start with ws://"),
+        ({**BASE, "LIVEKIT_URL": "ws://"}, {}, "LIVEKIT_URL has no host"),
+        ({**BASE, "LIVEKIT_URL": "ws://h:99999"}, {}, "LIVEKIT_URL has an invalid port"),
+        ({**BASE, "LIVEKIT_API_KEY": " "}, {}, "LIVEKIT_API_KEY is empty"),
+        (BASE, {"http_port": "http"}, "--http-port must be an integer from 0 to 65535"),
+        (BASE, {"http_port": "70000"}, "--http-port must be an integer"),
+        ({**BASE, "CALL_MONITOR_SETTLE_SECONDS": "x"}, {}, "CALL_MONITOR_SETTLE_SECONDS must"),
+        ({**BASE, "CALL_MONITOR_SETTLE_SECONDS": "-1"}, {}, "from 0 to 60"),
+        ({**BASE, "CALL_MONITOR_JOURNAL_BACKUPS": "many"}, {}, "must be an integer from 0"),
+        ({**BASE, "CALL_MONITOR_JOURNAL_BACKUPS": "5000"}, {}, "must be an integer from 0"),
+        ({**BASE, "CALL_MONITOR_LOG_FORMAT": "xml"}, {}, "must be one of auto, json, console"),
+        ({**BASE, "CALL_MONITOR_MASK_NUMBERS": "maybe"}, {}, "must be true or false"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(
+    env: dict[str, str], flags: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(flags, env)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("raw", "value"), [("yes", True), ("0", False), ("OFF", False)])
+def test_booleans_read_the_usual_spellings(raw: str, value: bool) -> None:
+    env = {**BASE, "CALL_MONITOR_MASK_NUMBERS": raw}
+    assert load_settings({}, env).mask_numbers is value
+
+
+def test_secret_never_appears_in_errors_descriptions_or_repr() -> None:
+    secret = BASE["LIVEKIT_API_SECRET"]
+    settings = load_settings({}, BASE)
+    assert secret not in repr(settings)
+    assert secret not in str(describe(settings))
+    assert describe(settings)["livekit_api_secret"] == "(set)"
+
+    def failing(value: str) -> str:
+        raise ValueError("is malformed")
+
+    from monitor import config
+
+    secret_setting = next(s for s in config.SETTINGS if s.secret)
+    patched = config.Setting(
+        secret_setting.name, secret_setting.env, failing, None, "", secret=True
+    )
+    original = config.SETTINGS
+    config.SETTINGS = tuple(patched if s is secret_setting else s for s in original)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            load_settings({}, BASE)
+    finally:
+        config.SETTINGS = original
+    assert secret not in str(caught.value)
+    assert "LIVEKIT_API_SECRET is malformed" in str(caught.value)
+
+
+def test_connection_settings_may_be_absent_when_not_required() -> None:
+    settings = load_settings({}, {}, required=False)
+    assert settings.livekit_url == ""
+    assert describe(settings)["livekit_api_secret"] == "(not set)"
+
+
+def test_readme_lists_every_setting() -> None:
+    from monitor.config import SETTINGS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for setting in SETTINGS:
+        assert f"| `{setting.env}` | `{setting.flag}` |" in readme

@@ -1,0 +1,236 @@
+"""The journal format, its writer's rotation, and replay of journals and recorded traces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from monitor.journal import (
+    Header,
+    JournalError,
+    JournalWriter,
+    decode_line,
+    encode_event,
+    read_journal,
+)
+from monitor.machine import MachineSettings
+from monitor.model import (
+    DialFailed,
+    Participant,
+    ParticipantLeft,
+    ParticipantSeen,
+    Reason,
+    RoomEnded,
+    Source,
+    parse_reason,
+)
+from monitor.privacy import NumberMasker
+from monitor.replay import print_replay, replay, replay_events
+from tests import trace_journal
+from tests.unit.script import T0, CallScript
+
+
+def busy_call() -> CallScript:
+    script = CallScript().seen(0.04, "dialing").to(0.05, "ringing")
+    return script.dial_failed(1.0, 486).left(1.01, Reason.USER_REJECTED)
+
+
+def test_every_event_type_survives_the_journal_unchanged() -> None:
+    script = busy_call().vanished(2.0).room_ended(3.0, Reason.ROOM_DELETED).tick(4.0)
+    script.seen(5.0, "ringing", Source.RECONCILE, joined=4.5)
+    for event in script.events:
+        assert decode_line(encode_event(event)) == event
+
+
+def test_unknown_reason_keeps_what_was_received() -> None:
+    participant = Participant("PA_1", "x", {"sip.callID": "SCL_1"})
+    event = ParticipantLeft(T0, Source.WEBHOOK, "r", participant, None, "BANANA")
+    decoded = decode_line(encode_event(event))
+    assert isinstance(decoded, ParticipantLeft)
+    assert (decoded.reason, decoded.raw_reason) == (None, "BANANA")
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("USER_REJECTED", Reason.USER_REJECTED),
+        ("user_rejected", Reason.USER_REJECTED),
+        (12, Reason.USER_REJECTED),
+        ("13", Reason.SIP_TRUNK_FAILURE),
+        (Reason.ROOM_DELETED, Reason.ROOM_DELETED),
+        ("UNKNOWN_REASON", Reason.UNKNOWN_REASON),
+        (99, None),
+        ("nope", None),
+        (True, None),
+        (None, None),
+        (1.5, None),
+    ],
+)
+def test_reasons_parse_from_names_and_numbers(value: object, reason: Reason | None) -> None:
+    assert parse_reason(value)[0] is reason
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"v": 7, "type": "tick", "at": 1}', "unsupported journal version"),
+        ('{"v": 1, "type": "tick"}', "bad 'tick' event"),
+        ('{"v": 1, "type": "tick", "at": "soon"}', "expected a number"),
+        ('{"v": 1, "type": "warp", "at": 1, "source": "room"}', "unknown event type"),
+        ('{"v": 1, "type": "room_ended", "at": 1, "source": "moon", "room": "r"}', "bad"),
+        ('{"v": 1, "type": "room_ended", "at": 1, "source": "room", "room": 5}', "string"),
+        (
+            '{"v": 1, "type": "participant_seen", "at": 1, "source": "room", "room": "r",'
+            ' "participant": []}',
+            "participant is not an object",
+        ),
+        (
+            '{"v": 1, "type": "participant_seen", "at": 1, "source": "room", "room": "r",'
+            ' "participant": {"sid": "PA", "attributes": [1]}}',
+            "attributes are not an object",
+        ),
+    ],
+)
+def test_a_bad_line_is_an_error_that_says_why(line: str, message: str) -> None:
+    with pytest.raises(JournalError, match=message):
+        decode_line(line)
+
+
+def test_non_string_attribute_values_are_kept_as_json_text() -> None:
+    line = json.dumps(
+        {
+            "v": 1,
+            "type": "participant_seen",
+            "at": 1.0,
+            "source": "webhook",
+            "room": "r",
+            "participant": {"sid": "PA", "attributes": {"sip.callID": 5, "x": None}},
+        }
+    )
+    event = decode_line(line)
+    assert isinstance(event, ParticipantSeen)
+    assert event.participant.attributes == {"sip.callID": "5", "x": "null"}
+
+
+def test_replay_skips_bad_lines_reports_them_and_keeps_the_rest(tmp_path: Path) -> None:
+    journal = tmp_path / "j.jsonl"
+    lines = [encode_event(event) for event in busy_call().events]
+    lines.insert(2, "garbage")
+    journal.write_text("\n".join(lines) + "\n\n")
+    result = replay([journal])
+    assert [record.outcome for record in result.ended] == ["busy"]
+    assert [(bad.number, bad.error[:8]) for bad in result.bad_lines] == [(3, "not JSON")]
+
+
+def test_replay_uses_the_settings_of_the_journal_header(tmp_path: Path) -> None:
+    # The hangup arrives after the leave: absorbed with the header's 1 s settle window,
+    # an anomaly without it.
+    script = CallScript().seen(0.0, "ringing").to(1.0, "active")
+    script.left(5.0, Reason.CLIENT_INITIATED).to(5.01, "hangup")
+    body = [encode_event(event) for event in script.events]
+    with_header = tmp_path / "with.jsonl"
+    writer = JournalWriter(with_header, Header(MachineSettings(settle_seconds=1.0)), 10**6, 1)
+    for event in script.events:
+        writer.write(event)
+    writer.close()
+    without = tmp_path / "without.jsonl"
+    without.write_text("\n".join(body) + "\n")
+    assert replay([with_header]).ended[0].ambiguity == ""
+    assert replay([without]).ended[0].ambiguity != ""
+
+
+def test_writer_rotates_and_every_file_starts_with_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    writer = JournalWriter(path, Header(MachineSettings(), "m1", T0), max_bytes=2000, backups=2)
+    events = busy_call().events * 10
+    for event in events:
+        writer.write(event)
+    writer.close()
+    files = sorted(tmp_path.iterdir())
+    assert [file.name for file in files] == ["journal.jsonl", "journal.jsonl.1", "journal.jsonl.2"]
+    for file in files:
+        assert file.stat().st_size <= 2000
+        first = decode_line(file.read_text().splitlines()[0])
+        assert isinstance(first, Header)
+        assert first.instance == "m1"
+    kept = [item for item in read_journal(reversed(files)) if not isinstance(item, Header)]
+    assert kept == events[len(events) - len(kept) :]
+
+
+def test_writer_without_backups_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    writer = JournalWriter(path, Header(MachineSettings()), max_bytes=1500, backups=0)
+    for event in busy_call().events * 5:
+        writer.write(event)
+    writer.close()
+    assert [file.name for file in tmp_path.iterdir()] == ["journal.jsonl"]
+
+
+def test_writer_appends_to_an_existing_journal_without_a_second_header(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    for _ in range(2):
+        writer = JournalWriter(path, Header(MachineSettings()), 10**6, 1)
+        writer.write(RoomEnded(T0, Source.WEBHOOK, "r"))
+        writer.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3
+    assert sum('"header"' in line for line in lines) == 1
+
+
+def test_printed_replay_shows_transitions_outcome_and_masks_numbers(tmp_path: Path) -> None:
+    import io
+
+    script = busy_call()
+    result = replay_events(script.events)
+    out = io.StringIO()
+    print_replay(result, out, NumberMasker())
+    text = out.getvalue()
+    assert "dialing -> ringing" in text
+    assert "outcome=busy" in text
+    assert "sip=486" in text
+    assert "+15551112222" not in text
+    assert "+1******2222" in text
+    out = io.StringIO()
+    print_replay(result, out, NumberMasker(enabled=False), as_json=True)
+    record = json.loads(out.getvalue())
+    assert record["phone_number"] == "+15551112222"
+    assert record["outcome"] == "busy"
+    assert record["post_dial_delay_seconds"] == pytest.approx(0.01, abs=1e-6)
+
+
+def test_open_calls_and_anomalies_are_printed() -> None:
+    import io
+
+    script = CallScript().seen(0.0, "dialing").to(1.0, "bogus")
+    script.events.append(DialFailed(T0 + 2, "elsewhere", "x", 486))
+    out = io.StringIO()
+    print_replay(replay_events(script.events), out, NumberMasker())
+    assert "anomaly unknown_status" in out.getvalue()
+    assert "still open: SCL_test1 (dialing)" in out.getvalue()
+
+
+def test_an_empty_journal_replays_to_nothing(tmp_path: Path) -> None:
+    journal = tmp_path / "empty.jsonl"
+    journal.write_text("")
+    result = replay([journal])
+    assert (result.events, result.ended, result.open_calls) == (0, [], [])
+
+
+@pytest.mark.parametrize("run", sorted(trace_journal.EXPECTED_OUTCOMES))
+def test_recorded_traces_of_the_real_livekit_sip_replay_to_their_stated_outcome(run: str) -> None:
+    result = replay_events(trace_journal.trace_events(run, T0), trace_journal.SAMPLE_SETTINGS)
+    expected = trace_journal.EXPECTED_OUTCOMES[run]
+    if expected is None:
+        assert result.ended == []
+        assert len(result.open_calls) == 1
+    else:
+        assert [str(record.outcome) for record in result.ended] == [expected]
+    assert [e for e in result.effects if type(e).__name__ == "Anomaly"] == []
+
+
+def test_shipped_sample_journal_is_current() -> None:
+    assert trace_journal.SAMPLE.read_text() == "\n".join(trace_journal.sample_lines()) + "\n"
