@@ -381,12 +381,16 @@ class CallBook:
             # The leave came first (sip PR #725): record a forward status, stay ENDING.
             if _is_forward(record.last_status, status):
                 record = self._record_status(record, status, event.at)
-            else:
+            elif isinstance(event, AttributesChanged):
                 effects.append(self._regression(event, key, record.last_status, status))
             self._calls[key] = replace(call, record=record)
             return effects
         if target not in TRANSITIONS[current]:
-            effects.append(self._regression(event, key, record.last_status, status))
+            # A snapshot (a join webhook delivered late, a listing taken before the last
+            # change) may well be older than what we know: only a live change going
+            # backwards is an anomaly.
+            if isinstance(event, AttributesChanged):
+                effects.append(self._regression(event, key, record.last_status, status))
             self._calls[key] = replace(call, record=record)
             return effects
         if record.direction is Direction.INBOUND and status in _NOT_FOR_INBOUND:
@@ -418,7 +422,7 @@ class CallBook:
 
     def _regression(
         self,
-        event: ParticipantSeen | AttributesChanged | ParticipantLeft,
+        event: AttributesChanged,
         key: str,
         previous: SipStatus | None,
         status: SipStatus,

@@ -619,3 +619,17 @@ def test_a_join_time_ahead_of_our_clock_is_clock_skew() -> None:
     _, effects = run(script.left(2.0, R.USER_REJECTED).events)
     assert anomalies(effects) == [AnomalyKind.CLOCK_SKEW]
     assert only_end(effects).timings.started_at == approx(T0 + 1.0)
+
+
+def test_a_stale_snapshot_is_ignored_without_an_anomaly() -> None:
+    # the participant_joined webhook (dialing) delivered after the room saw ringing,
+    # and a listing taken before the answer
+    script = CallScript().seen(0.03, "ringing").seen(0.05, "dialing", Source.WEBHOOK)
+    script.to(1.0, "active").seen(1.1, "ringing", Source.RECONCILE)
+    script.left(2.0, R.PARTICIPANT_REMOVED, status="ringing").to(2.001, "dialing")
+    script.seen(2.002, "ringing", Source.RECONCILE).tick(4.0)
+    _, effects = run(script.events, settle=1.0)
+    assert anomalies(effects) == [AnomalyKind.STATUS_REGRESSED]  # only the live change
+    record = only_end(effects)
+    assert record.statuses == ("ringing", "active")
+    assert record.outcome is Outcome.COMPLETED
