@@ -1,0 +1,313 @@
+package main
+
+// The SIP participant's room connection, with server-sdk-go v2: join with the
+// call's attributes, publish one Opus track, set attributes, subscribe to
+// audio (inbound answer trigger), and leave with a reason or abruptly.
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/pion/webrtc/v4"
+	"github.com/pion/webrtc/v4/pkg/media"
+
+	protoLogger "github.com/livekit/protocol/logger"
+	"github.com/livekit/protocol/livekit"
+	lksdk "github.com/livekit/server-sdk-go/v2"
+)
+
+// sdkLogger is the logger handed to server-sdk-go (quiet by default).
+var sdkLogger protoLogger.Logger = protoLogger.GetDiscardLogger()
+
+// --- signal connection capture, for the missing_reason quirk ---------------
+
+type connSinkKey struct{}
+
+// connSink receives the signal connection(s) a room dials, so the connection
+// can be cut without a LeaveRequest. Once dead it refuses new dials, so the
+// SDK cannot resume the session after the cut.
+type connSink struct {
+	mu    sync.Mutex
+	conns []net.Conn
+	dead  bool
+}
+
+var errSinkDead = errors.New("sipsim: connection deliberately cut")
+
+func (s *connSink) add(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dead {
+		return false
+	}
+	s.conns = append(s.conns, c)
+	return true
+}
+
+// cut closes every captured connection with a TCP reset and returns how many.
+func (s *connSink) cut() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dead = true
+	for _, c := range s.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		_ = c.Close()
+	}
+	n := len(s.conns)
+	s.conns = nil
+	return n
+}
+
+// installDialHook makes the websocket dialer report connections to the
+// connSink found in the dial context (server-sdk-go dials the signal
+// connection with the join context).
+func installDialHook() {
+	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	websocket.DefaultDialer.Proxy = nil
+	websocket.DefaultDialer.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		sink, _ := ctx.Value(connSinkKey{}).(*connSink)
+		if sink != nil {
+			sink.mu.Lock()
+			dead := sink.dead
+			sink.mu.Unlock()
+			if dead {
+				return nil, errSinkDead
+			}
+		}
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if sink != nil && !sink.add(c) {
+			_ = c.Close()
+			return nil, errSinkDead
+		}
+		return c, nil
+	}
+}
+
+// --- the room connection ---------------------------------------------------
+
+// roomConn is one SIP participant in a room.
+type roomConn struct {
+	log  *slog.Logger
+	room *lksdk.Room
+	sink *connSink
+
+	identity string
+
+	track     *lksdk.LocalTrack
+	published chan struct{} // closed once the track is bound (negotiated)
+	pubOnce   sync.Once
+
+	disconnected chan struct{} // closed when the server ends our session
+	discOnce     sync.Once
+	leaving      atomic.Bool // we sent a leave (or cut the connection)
+
+	subscribeOn atomic.Bool
+	subscribed  chan struct{} // closed once we subscribed to an audio track (or a 2nd SIP participant joined)
+	subOnce     sync.Once
+}
+
+// joinRoom connects with the token; attrs are sent with the join (as
+// livekit-sip does with WithExtraAttributes) on top of the token's.
+func joinRoom(ctx context.Context, log *slog.Logger, wsURL, token string, attrs map[string]string) (*roomConn, error) {
+	rc := &roomConn{
+		log:          log,
+		sink:         &connSink{},
+		published:    make(chan struct{}),
+		disconnected: make(chan struct{}),
+		subscribed:   make(chan struct{}),
+	}
+	cb := &lksdk.RoomCallback{
+		OnDisconnected: func() {
+			rc.discOnce.Do(func() { close(rc.disconnected) })
+		},
+		OnParticipantConnected: func(rp *lksdk.RemoteParticipant) {
+			if !rc.subscribeOn.Load() {
+				return
+			}
+			rc.participantJoined(rp)
+		},
+		ParticipantCallback: lksdk.ParticipantCallback{
+			OnTrackPublished: func(pub *lksdk.RemoteTrackPublication, rp *lksdk.RemoteParticipant) {
+				if !rc.subscribeOn.Load() {
+					return
+				}
+				rc.subscribeTo(pub)
+			},
+			OnTrackSubscribed: func(track *webrtc.TrackRemote, pub *lksdk.RemoteTrackPublication, rp *lksdk.RemoteParticipant) {
+				// Drain and drop the room's audio: no media is processed.
+				go func() {
+					buf := make([]byte, 1500)
+					for {
+						if _, _, err := track.Read(buf); err != nil {
+							return
+						}
+					}
+				}()
+			},
+		},
+	}
+	room := lksdk.NewRoom(cb)
+	room.SetLogger(sdkLogger)
+	rc.room = room
+	jctx := context.WithValue(ctx, connSinkKey{}, rc.sink)
+	err := room.JoinWithContextAndToken(jctx, wsURL, token,
+		lksdk.WithAutoSubscribe(false),
+		lksdk.WithExtraAttributes(attrs),
+		lksdk.WithLogger(sdkLogger),
+	)
+	if err != nil {
+		return nil, err
+	}
+	rc.identity = room.LocalParticipant.Identity()
+	return rc, nil
+}
+
+// SID is the participant's sid.
+func (rc *roomConn) SID() string { return rc.room.LocalParticipant.SID() }
+
+// SetAttributes sends an attribute update (broadcast even when nothing changes).
+func (rc *roomConn) SetAttributes(attrs map[string]string) {
+	if rc.leaving.Load() {
+		return
+	}
+	rc.room.LocalParticipant.SetAttributes(attrs)
+}
+
+// Publish publishes the participant's audio track (Opus, named after the
+// identity, as livekit-sip does). It returns once the server acknowledged the
+// track; Published() is closed when the track is negotiated and primed.
+func (rc *roomConn) Publish() error {
+	track, err := lksdk.NewLocalSampleTrack(webrtc.RTPCodecCapability{
+		MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2,
+	})
+	if err != nil {
+		return err
+	}
+	track.OnBind(func() {
+		rc.pubOnce.Do(func() { close(rc.published) })
+	})
+	rc.track = track
+	_, err = rc.room.LocalParticipant.PublishTrack(track, &lksdk.TrackPublicationOptions{
+		Name: rc.room.LocalParticipant.Identity(),
+	})
+	if err != nil {
+		return err
+	}
+	go rc.primeTrack()
+	return nil
+}
+
+// primeTrack writes Opus silence until the publisher connection is up and a
+// few frames went through: livekit-server shows the track as published only
+// once media arrives. Then the track stays silent (like Opus DTX).
+func (rc *roomConn) primeTrack() {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(20 * time.Second)
+	sent := 0
+	for sent < primeFrames {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			return
+		case <-rc.disconnected:
+			return
+		}
+		if rc.leaving.Load() {
+			return
+		}
+		if rc.track.IsBound() {
+			_ = rc.track.WriteSample(media.Sample{Data: opusSilence, Duration: 20 * time.Millisecond}, nil)
+		}
+		if pc := rc.room.LocalParticipant.GetPublisherPeerConnection(); pc != nil &&
+			pc.ConnectionState() == webrtc.PeerConnectionStateConnected {
+			sent++
+		}
+	}
+}
+
+// opusSilence is one 20 ms Opus frame of silence.
+var opusSilence = []byte{0xf8, 0xff, 0xfe}
+
+// primeFrames is how many silence frames are written once the publisher
+// peer connection is connected.
+var primeFrames = 5
+
+// Published is closed once the track is negotiated.
+func (rc *roomConn) Published() <-chan struct{} { return rc.published }
+
+// Disconnected is closed when the server ended the session (removed,
+// room deleted, connection lost...).
+func (rc *roomConn) Disconnected() <-chan struct{} { return rc.disconnected }
+
+// ServerReason is the reason the server gave when it disconnected us.
+func (rc *roomConn) ServerReason() livekit.DisconnectReason { return rc.room.DisconnectReason() }
+
+// Leave sends a LeaveRequest with the reason and closes the connection.
+func (rc *roomConn) Leave(reason livekit.DisconnectReason) {
+	if !rc.leaving.CompareAndSwap(false, true) {
+		return
+	}
+	rc.room.DisconnectWithReason(reason)
+}
+
+// LeaveAbrupt cuts the signal connection with a TCP reset, then tears the
+// peer connections down: the server gets no LeaveRequest.
+func (rc *roomConn) LeaveAbrupt() int {
+	if !rc.leaving.CompareAndSwap(false, true) {
+		return 0
+	}
+	n := rc.sink.cut()
+	// The leave cannot be sent on the cut connection; this only closes the
+	// peer connections and the SDK's state.
+	rc.room.DisconnectWithReason(livekit.DisconnectReason_UNKNOWN_REASON)
+	return n
+}
+
+// --- subscribing (livekit-sip answers inbound calls once subscribed) --------
+
+// Subscribe starts subscribing to the audio of everyone in the room, now and later.
+func (rc *roomConn) Subscribe() {
+	rc.subscribeOn.Store(true)
+	for _, rp := range rc.room.GetRemoteParticipants() {
+		rc.participantJoined(rp)
+		for _, pub := range rp.TrackPublications() {
+			if rpub, ok := pub.(*lksdk.RemoteTrackPublication); ok {
+				rc.subscribeTo(rpub)
+			}
+		}
+	}
+}
+
+// Subscribed is closed once the participant subscribed to an audio track, or
+// another SIP participant is in the room (livekit-sip does the same to avoid
+// two SIP legs waiting for each other).
+func (rc *roomConn) Subscribed() <-chan struct{} { return rc.subscribed }
+
+func (rc *roomConn) participantJoined(rp *lksdk.RemoteParticipant) {
+	if rp.Kind() == lksdk.ParticipantSIP {
+		rc.subOnce.Do(func() { close(rc.subscribed) })
+	}
+}
+
+func (rc *roomConn) subscribeTo(pub *lksdk.RemoteTrackPublication) {
+	if pub.Kind() != lksdk.TrackKindAudio {
+		return
+	}
+	if err := pub.SetSubscribed(true); err != nil {
+		rc.log.Debug("cannot subscribe", "track", pub.SID(), "error", err)
+		return
+	}
+	rc.subOnce.Do(func() { close(rc.subscribed) })
+}
