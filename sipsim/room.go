@@ -160,7 +160,9 @@ func joinRoom(ctx context.Context, log *slog.Logger, wsURL, token string, attrs 
 	room := lksdk.NewRoom(cb)
 	room.SetLogger(sdkLogger)
 	rc.room = room
-	jctx := context.WithValue(ctx, connSinkKey{}, rc.sink)
+	// The SDK keeps the join context for later reconnects: detach it from the
+	// caller's (RPC or HTTP request) lifetime; the SDK bounds the join itself.
+	jctx := context.WithValue(context.WithoutCancel(ctx), connSinkKey{}, rc.sink)
 	err := room.JoinWithContextAndToken(jctx, wsURL, token,
 		lksdk.WithAutoSubscribe(false),
 		lksdk.WithExtraAttributes(attrs),
