@@ -142,6 +142,56 @@ SETTINGS: tuple[Setting, ...] = (
         "how long an end waits for late evidence (dial-side SIP code, a late status)",
     ),
     Setting(
+        "webhooks",
+        "CALL_MONITOR_WEBHOOKS",
+        _bool,
+        "true",
+        "livekit-server sends its webhooks to this monitor's /webhook",
+    ),
+    Setting(
+        "room_mode",
+        "CALL_MONITOR_ROOM_MODE",
+        _choice("auto", "setup", "whole_call"),
+        "auto",
+        "setup: join rooms while calls are set up; whole_call: stay until they end; "
+        "auto: setup with webhooks, whole_call without",
+    ),
+    Setting(
+        "answer_grace_seconds",
+        "CALL_MONITOR_ANSWER_GRACE_SECONDS",
+        _bounded_float(0, 600),
+        "2.0",
+        "in setup mode, how long to stay in a room after its last call was answered",
+    ),
+    Setting(
+        "max_concurrent_joins",
+        "CALL_MONITOR_MAX_CONCURRENT_JOINS",
+        _bounded_int(1, 1000),
+        "16",
+        "room joins in progress at once",
+    ),
+    Setting(
+        "join_timeout_seconds",
+        "CALL_MONITOR_JOIN_TIMEOUT_SECONDS",
+        _bounded_float(0.5, 120),
+        "10",
+        "give up one attempt to join a room after this long",
+    ),
+    Setting(
+        "reconcile_seconds",
+        "CALL_MONITOR_RECONCILE_SECONDS",
+        _bounded_float(0.5, 3600),
+        "30",
+        "how often the RoomService listing is compared with the calls known",
+    ),
+    Setting(
+        "webhook_max_bytes",
+        "CALL_MONITOR_WEBHOOK_MAX_BYTES",
+        _bounded_int(1024, 64 * 2**20),
+        str(2**20),
+        "larger webhook and dial-hook bodies are refused with 413",
+    ),
+    Setting(
         "journal_path",
         "CALL_MONITOR_JOURNAL",
         _path,
@@ -208,6 +258,13 @@ class Settings:
     http_host: str
     http_port: int
     settle_seconds: float
+    webhooks: bool
+    room_mode: str
+    answer_grace_seconds: float
+    max_concurrent_joins: int
+    join_timeout_seconds: float
+    reconcile_seconds: float
+    webhook_max_bytes: int
     journal_path: Path | None
     journal_max_bytes: int
     journal_backups: int
@@ -216,6 +273,13 @@ class Settings:
     mask_numbers: bool
     mask_keep_digits: int
     instance: str
+
+    @property
+    def stays_whole_call(self) -> bool:
+        """Whether the observer stays in a room until its calls end."""
+        if self.room_mode == "auto":
+            return not self.webhooks
+        return self.room_mode == "whole_call"
 
     def __repr__(self) -> str:
         # Secrets stay out of tracebacks and debug output too.

@@ -190,6 +190,10 @@ class CallBook:
     def is_ended(self, key: str) -> bool:
         return key in self._tombstones
 
+    def calls_in_room(self, room: str) -> list[CallRecord]:
+        """Calls in one room not yet final, in key order."""
+        return [self._calls[key].record for key in sorted(self._keys_of_room.get(room, ()))]
+
     def rooms(self) -> set[str]:
         """Rooms with at least one call not yet final."""
         return set(self._keys_of_room)

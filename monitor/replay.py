@@ -94,7 +94,7 @@ def record_summary(record: CallRecord, masker: NumberMasker) -> dict[str, object
         "direction": str(record.direction),
         "trunk_id": record.trunk_id,
         "phone_number": masker.number(record.phone_number),
-        "outcome": str(record.outcome),
+        "outcome": None if record.outcome is None else str(record.outcome),
         "ambiguity": record.ambiguity,
         "reason": None if record.reason is None else str(record.reason),
         "ended_by": None if record.ended_by is None else str(record.ended_by),

@@ -541,6 +541,8 @@ def test_room_ending_ends_every_call_in_it_and_no_other() -> None:
     assert outcomes == {"SCL_a": Outcome.COMPLETED, "SCL_b": Outcome.CANCELLED}
     assert [record.key for record in book.live_calls()] == ["SCL_c"]
     assert book.rooms() == {"other"}
+    assert [record.key for record in book.calls_in_room("other")] == ["SCL_c"]
+    assert book.calls_in_room("call-test") == []
 
 
 def test_events_after_the_end_never_restart_the_call() -> None:

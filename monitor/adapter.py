@@ -1,0 +1,175 @@
+"""The one module that imports `livekit.rtc`: a hidden observer in one room.
+
+It turns the room's events into the machine's typed events and hands them to `emit`.
+Handlers are tiny and synchronous; every `on` has its `off` in `close()`. After
+connecting it seeds the calls from the participants already present, which get no
+`participant_connected` event (Python SDK rtc/room.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from livekit import rtc
+
+from monitor.model import (
+    AttributesChanged,
+    Event,
+    Participant,
+    ParticipantLeft,
+    ParticipantSeen,
+    Reason,
+    RoomEnded,
+    Source,
+    parse_reason,
+)
+
+__all__ = ["ObserverHooks", "RoomObserver", "participant_of"]
+
+_SIP = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
+# The observer's own end means the room is gone only for these reasons.
+_ROOM_GONE = frozenset({Reason.ROOM_DELETED, Reason.ROOM_CLOSED})
+
+
+def participant_of(remote: rtc.Participant) -> Participant:
+    """Our snapshot of an rtc participant."""
+    joined = remote.joined_at
+    return Participant(
+        sid=remote.sid,
+        identity=remote.identity,
+        attributes=dict(remote.attributes),
+        is_sip=remote.kind == _SIP,
+        joined_at=None if joined is None else joined.timestamp(),
+    )
+
+
+@dataclass
+class ObserverHooks:
+    """What the observer tells its owner, besides the events."""
+
+    # The connection ended without the room ending (network, server restart, kicked).
+    lost: Callable[[str, Reason | None], None] = lambda room, reason: None
+    reconnecting: Callable[[str], None] = lambda room: None
+    reconnected: Callable[[str], None] = lambda room: None
+
+
+@dataclass
+class RoomObserver:
+    room_name: str
+    url: str
+    token: str
+    emit: Callable[[Event], None]
+    hooks: ObserverHooks = field(default_factory=ObserverHooks)
+    clock: Callable[[], float] = time.time
+    room: rtc.Room | None = None
+    room_sid: str = ""
+    _handlers: list[tuple[str, Callable[..., Any]]] = field(default_factory=list)
+    _closing: bool = False
+
+    async def connect(self) -> None:
+        """Join the room hidden; raises on failure (the caller sets the deadline with
+        asyncio.timeout), leaving nothing behind."""
+        room = rtc.Room()
+        self.room = room
+        self._subscribe(room)
+        try:
+            await room.connect(self.url, self.token, rtc.RoomOptions(auto_subscribe=False))
+            self.room_sid = await room.sid
+        except BaseException:
+            await self.close()
+            raise
+        self._seed(Source.ROOM)
+
+    def _seed(self, source: Source) -> None:
+        assert self.room is not None
+        now = self.clock()
+        for remote in list(self.room.remote_participants.values()):
+            if remote.kind == _SIP:
+                self.emit(
+                    ParticipantSeen(
+                        now, source, self.room_name, participant_of(remote), self.room_sid
+                    )
+                )
+
+    def _subscribe(self, room: rtc.Room) -> None:
+        def connected(remote: rtc.RemoteParticipant) -> None:
+            if remote.kind == _SIP:
+                self.emit(
+                    ParticipantSeen(
+                        self.clock(),
+                        Source.ROOM,
+                        self.room_name,
+                        participant_of(remote),
+                        self.room_sid,
+                    )
+                )
+
+        def attributes_changed(changed: dict[str, str], remote: rtc.Participant) -> None:
+            if isinstance(remote, rtc.RemoteParticipant) and remote.kind == _SIP:
+                self.emit(
+                    AttributesChanged(
+                        self.clock(),
+                        Source.ROOM,
+                        self.room_name,
+                        participant_of(remote),
+                        dict(changed),
+                        self.room_sid,
+                    )
+                )
+
+        def disconnected_participant(remote: rtc.RemoteParticipant) -> None:
+            if remote.kind == _SIP:
+                reason, raw = parse_reason(remote.disconnect_reason)
+                self.emit(
+                    ParticipantLeft(
+                        self.clock(),
+                        Source.ROOM,
+                        self.room_name,
+                        participant_of(remote),
+                        reason,
+                        raw,
+                        self.room_sid,
+                    )
+                )
+
+        def disconnected(reason: int) -> None:
+            if self._closing:
+                return
+            parsed, _ = parse_reason(reason)
+            if parsed in _ROOM_GONE:
+                self.emit(RoomEnded(self.clock(), Source.ROOM, self.room_name, parsed))
+            self.hooks.lost(self.room_name, parsed)
+
+        def reconnecting() -> None:
+            self.hooks.reconnecting(self.room_name)
+
+        def reconnected() -> None:
+            # Changes made while the signal connection was down come back only as state.
+            self._seed(Source.ROOM)
+            self.hooks.reconnected(self.room_name)
+
+        self._handlers = [
+            ("participant_connected", connected),
+            ("participant_attributes_changed", attributes_changed),
+            ("participant_disconnected", disconnected_participant),
+            ("disconnected", disconnected),
+            ("reconnecting", reconnecting),
+            ("reconnected", reconnected),
+        ]
+        for name, handler in self._handlers:
+            room.on(name, handler)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        """Leave the room and drop every handler; safe to call more than once."""
+        self._closing = True
+        room, self.room = self.room, None
+        if room is None:
+            return
+        for name, handler in self._handlers:
+            room.off(name, handler)  # type: ignore[arg-type]
+        self._handlers = []
+        if room.isconnected():
+            await room.disconnect()

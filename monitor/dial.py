@@ -1,0 +1,103 @@
+"""The dial-side hook, for code that places outbound calls.
+
+The SIP status code of a failed dial exists in one place only: the error of
+`CreateSIPParticipant` (livekit/sip issue #295). In the room, busy and declined both
+look like USER_REJECTED. `create_sip_participant` wraps livekit-api's call and, when the
+dial fails, sends the code to the monitor's `/dial` endpoint so the call's outcome can
+say busy, declined or not found. The monitor being down never breaks a dial: the report
+is best effort, bounded by a short timeout, and the original error is re-raised.
+
+    from monitor.dial import create_sip_participant
+    await create_sip_participant(lkapi, request, monitor_url="http://monitor:9469",
+                                 api_key=KEY, api_secret=SECRET)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from livekit import api
+from livekit.protocol.sip import CreateSIPParticipantRequest, SIPParticipantInfo
+
+__all__ = ["create_sip_participant", "report_dial_failure"]
+
+_log = logging.getLogger("call_monitor.dial")
+# Twirp's code when the callee never answered before the ringing timeout: no SIP code.
+_TIMEOUT_CODES = frozenset({"canceled", "deadline_exceeded"})
+
+
+async def report_dial_failure(
+    *,
+    monitor_url: str,
+    api_key: str,
+    api_secret: str,
+    room: str,
+    participant_identity: str,
+    sip_status_code: int | None,
+    sip_status: str = "",
+    report_timeout: float = 2.0,
+    session: aiohttp.ClientSession | None = None,
+) -> bool:
+    """POST one dial failure to the monitor; True if it was accepted."""
+    token = api.AccessToken(api_key, api_secret).with_identity("call-monitor-dial-hook").to_jwt()
+    body = {
+        "room": room,
+        "participant_identity": participant_identity,
+        "sip_status_code": sip_status_code,
+        "sip_status": sip_status,
+    }
+    own = session is None
+    client = session or aiohttp.ClientSession()
+    try:
+        async with client.post(
+            monitor_url.rstrip("/") + "/dial",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=aiohttp.ClientTimeout(total=report_timeout),
+        ) as response:
+            return response.status == 202
+    except (aiohttp.ClientError, TimeoutError) as error:
+        _log.warning("call monitor unreachable, dial failure not reported: %s", error)
+        return False
+    finally:
+        if own:
+            await client.close()
+
+
+async def create_sip_participant(
+    lkapi: api.LiveKitAPI,
+    request: CreateSIPParticipantRequest,
+    *,
+    monitor_url: str,
+    api_key: str,
+    api_secret: str,
+    report_timeout: float = 2.0,
+) -> SIPParticipantInfo:
+    """`lkapi.sip.create_sip_participant`, reporting a failed dial to the monitor.
+
+    Only a dial with `wait_until_answered=True` can fail with a SIP code; without it
+    the API returns once the participant joined, and the room tells the rest.
+    """
+    identity = request.participant_identity or f"sip_{request.sip_call_to}"
+    try:
+        return await lkapi.sip.create_sip_participant(request)
+    except api.TwirpError as error:
+        if isinstance(error, api.SipCallError):
+            code, phrase = error.sip_status_code, error.sip_status or ""
+        elif error.code in _TIMEOUT_CODES:
+            # No answer before the ringing timeout comes back without SIP metadata.
+            code, phrase = None, ""
+        else:
+            raise
+        await report_dial_failure(
+            monitor_url=monitor_url,
+            api_key=api_key,
+            api_secret=api_secret,
+            room=request.room_name,
+            participant_identity=identity,
+            sip_status_code=code,
+            sip_status=phrase,
+            report_timeout=report_timeout,
+        )
+        raise

@@ -1,0 +1,195 @@
+"""The monitor's HTTP surface (aiohttp).
+
+- `GET /metrics`: Prometheus exposition (prometheus-client's own).
+- `GET /healthz`: the process is alive. `GET /readyz`: connected to livekit-server and
+  reconciled at least once; 503 with the reason otherwise.
+- `POST /webhook`: livekit-server's webhooks, verified with livekit-api's receiver.
+- `POST /dial`: the dial-side hook (SIP code of a failed CreateSIPParticipant).
+- `GET /calls`: calls not yet final, numbers masked.
+
+`/dial` and `/calls` need `Authorization: Bearer <JWT signed with the LiveKit API key
+and secret>` (what `livekit.api.AccessToken(...).to_jwt()` makes). Bad requests get a
+4xx with a one-line JSON message, and are counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from livekit import api
+
+from monitor.model import DialFailed
+from monitor.privacy import NumberMasker
+from monitor.replay import record_summary
+from monitor.sources import WebhookRejected
+
+if TYPE_CHECKING:
+    from monitor.service import Monitor
+
+__all__ = ["build_app", "serve"]
+
+_MONITOR: web.AppKey[Monitor] = web.AppKey("monitor")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _monitor(request: web.Request) -> Monitor:
+    return request.app[_MONITOR]
+
+
+def _refuse(request: web.Request, endpoint: str, status: int, message: str) -> web.Response:
+    _monitor(request).metrics.bad_request(endpoint, status)
+    return _error(status, message)
+
+
+async def _read_body(request: web.Request, endpoint: str) -> str | web.Response:
+    limit = _monitor(request).settings.webhook_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _refuse(request, endpoint, 413, f"body larger than {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        return _refuse(request, endpoint, 413, f"body larger than {limit} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _refuse(request, endpoint, 400, "body is not UTF-8")
+
+
+def _authorized(request: web.Request) -> bool:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return False
+    settings = _monitor(request).settings
+    verifier = api.TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
+    try:
+        verifier.verify(header.removeprefix("Bearer ").strip())
+    except Exception:  # expired, wrong key, malformed: all are "not authorized"
+        return False
+    return True
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = _monitor(request).metrics.exposition()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    monitor = _monitor(request)
+    if monitor.ready:
+        return web.json_response({"status": "ready"})
+    return web.json_response(
+        {"status": "not ready", "reason": monitor.not_ready_reason}, status=503
+    )
+
+
+async def webhook(request: web.Request) -> web.Response:
+    monitor = _monitor(request)
+    body = await _read_body(request, "webhook")
+    if isinstance(body, web.Response):
+        monitor.metrics.webhook_request("too_large" if body.status == 413 else "bad_request")
+        return body
+    try:
+        events = monitor.webhooks.receive(
+            body, request.headers.get("Authorization", ""), monitor.clock()
+        )
+    except WebhookRejected as rejected:
+        monitor.metrics.webhook_request(rejected.result)
+        status = 401 if rejected.result == "unauthorized" else 400
+        return _refuse(request, "webhook", status, str(rejected))
+    for event in events:
+        monitor.submit(event)
+    monitor.metrics.webhook_request("ok" if events else "ignored")
+    return web.json_response({"accepted": len(events)})
+
+
+def _dial_event(data: Any, at: float) -> DialFailed:
+    if not isinstance(data, dict):
+        raise ValueError("body must be a JSON object")
+    room = data.get("room")
+    identity = data.get("participant_identity")
+    code = data.get("sip_status_code")
+    if not isinstance(room, str) or not room:
+        raise ValueError("room must be a non-empty string")
+    if not isinstance(identity, str) or not identity:
+        raise ValueError("participant_identity must be a non-empty string")
+    if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
+        raise ValueError("sip_status_code must be an integer or null")
+    if code is not None and not 100 <= code <= 699:
+        raise ValueError("sip_status_code must be from 100 to 699")
+    status = data.get("sip_status", "")
+    call_id = data.get("call_id", "")
+    if not isinstance(status, str) or not isinstance(call_id, str):
+        raise ValueError("sip_status and call_id must be strings")
+    return DialFailed(at, room, identity, code, status[:200], call_id[:100])
+
+
+async def dial(request: web.Request) -> web.Response:
+    monitor = _monitor(request)
+    if not _authorized(request):
+        return _refuse(
+            request, "dial", 401, "a Bearer token signed with the LiveKit API key is required"
+        )
+    body = await _read_body(request, "dial")
+    if isinstance(body, web.Response):
+        return body
+    try:
+        event = _dial_event(json.loads(body), monitor.clock())
+    except json.JSONDecodeError as error:
+        return _refuse(request, "dial", 400, f"body is not JSON: {error.msg}")
+    except ValueError as error:
+        return _refuse(request, "dial", 400, str(error))
+    monitor.submit(event)
+    return web.json_response({"accepted": 1}, status=202)
+
+
+async def calls(request: web.Request) -> web.Response:
+    monitor = _monitor(request)
+    if not _authorized(request):
+        return _refuse(
+            request, "calls", 401, "a Bearer token signed with the LiveKit API key is required"
+        )
+    masker = NumberMasker(monitor.settings.mask_numbers, monitor.settings.mask_keep_digits)
+    listed = []
+    for record in monitor.live_calls():
+        summary = record_summary(record, masker)
+        summary["state"] = str(record.state)
+        listed.append(summary)
+    return web.json_response({"calls": listed})
+
+
+def build_app(monitor: Monitor) -> web.Application:
+    app = web.Application(client_max_size=monitor.settings.webhook_max_bytes)
+    app[_MONITOR] = monitor
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/webhook", webhook)
+    app.router.add_post("/dial", dial)
+    app.router.add_get("/calls", calls)
+    return app
+
+
+@asynccontextmanager
+async def serve(monitor: Monitor) -> AsyncIterator[int]:
+    """Serve the app on the configured address; yields the bound port."""
+    runner = web.AppRunner(build_app(monitor), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, monitor.settings.http_host, monitor.settings.http_port)
+    await site.start()
+    port = int(runner.addresses[0][1])
+    try:
+        yield port
+    finally:
+        await runner.cleanup()

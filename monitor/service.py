@@ -1,0 +1,433 @@
+"""The live monitor: sources in, one machine, effects out.
+
+One `Monitor` owns the lifetime of everything: the HTTP server (metrics, health,
+webhooks, dial hook, /calls), the room observers, the reconciliation with the
+RoomService API, the clock and the journal. Every source puts typed events on one queue;
+one consumer journals each event, steps the machine and hands the effects to the sinks,
+so the order the machine sees is the order the journal keeps, and replay matches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+from livekit import api
+from prometheus_client import CollectorRegistry
+
+from monitor.adapter import ObserverHooks, RoomObserver
+from monitor.config import Settings
+from monitor.journal import Header, JournalWriter
+from monitor.machine import CallBook, MachineSettings
+from monitor.metrics import MonitorMetrics
+from monitor.model import (
+    Anomaly,
+    CallRecord,
+    CallState,
+    Effect,
+    Event,
+    ParticipantVanished,
+    Reason,
+    Source,
+    Tick,
+)
+from monitor.sources import WebhookIntake, listing_events
+
+__all__ = ["Monitor", "observer_token", "run_until_signalled"]
+
+log = structlog.get_logger("call_monitor")
+
+_SETUP_STATES = frozenset({CallState.DIALING, CallState.RINGING, CallState.AUTOMATION})
+_LIVE_STATES = _SETUP_STATES | {CallState.ACTIVE, CallState.HANGUP}
+_TICK_SECONDS = 0.2
+_RECONCILE_CONCURRENCY = 4
+
+
+class EffectSink(Protocol):
+    def handle(self, effect: Effect) -> None: ...
+
+
+def observer_token(settings: Settings, room: str, identity: str) -> str:
+    """The observer's token: the least grants that work.
+
+    Kind agent, so the room still closes on its own timeout with the observer inside;
+    hidden, so nobody sees it; no publish, no data, no subscribe: it only listens to
+    participant events, which need none of those.
+    """
+    grants = api.VideoGrants(
+        room_join=True,
+        room=room,
+        hidden=True,
+        agent=True,
+        can_publish=False,
+        can_publish_data=False,
+        can_subscribe=False,
+        can_update_own_metadata=False,
+    )
+    return (
+        api.AccessToken(settings.livekit_api_key, settings.livekit_api_secret)
+        .with_identity(identity)
+        .with_kind("agent")
+        .with_grants(grants)
+        .to_jwt()
+    )
+
+
+def _ws_url(url: str) -> str:
+    if url.startswith("http://"):
+        return "ws://" + url.removeprefix("http://")
+    if url.startswith("https://"):
+        return "wss://" + url.removeprefix("https://")
+    return url
+
+
+def _http_url(url: str) -> str:
+    if url.startswith("ws://"):
+        return "http://" + url.removeprefix("ws://")
+    if url.startswith("wss://"):
+        return "https://" + url.removeprefix("wss://")
+    return url
+
+
+@dataclass
+class _RoomSlot:
+    """One room's observer and the task that keeps it joined while it matters."""
+
+    task: asyncio.Task[None]
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    observer: RoomObserver | None = None
+
+
+class Monitor:
+    """The process users deploy next to livekit-server."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        sinks: Iterable[EffectSink] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.book = CallBook(MachineSettings(settle_seconds=settings.settle_seconds))
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = MonitorMetrics(self.registry, book_view=self.book.live_calls)
+        self.sinks: list[EffectSink] = [self.metrics, *sinks]
+        self.webhooks = WebhookIntake(settings.livekit_api_key, settings.livekit_api_secret)
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.ready = False
+        self.not_ready_reason = "not reconciled with livekit-server yet"
+        self.rooms: dict[str, _RoomSlot] = {}
+        self.processed = 0
+        self._running = False  # rooms are joined only while run() runs
+        self._join_slots = asyncio.Semaphore(settings.max_concurrent_joins)
+        self._suspects: set[str] = set()
+        self._journal: JournalWriter | None = None
+        self._journal_failing = False
+        self._observer_serial = 0
+        if settings.journal_path is not None:
+            header = Header(self.book.settings, settings.instance, clock())
+            self._journal = JournalWriter(
+                settings.journal_path, header, settings.journal_max_bytes, settings.journal_backups
+            )
+
+    # ---- intake ---------------------------------------------------------------------
+
+    def submit(self, event: Event) -> None:
+        """Queue an event from any source; never blocks, never raises."""
+        self.queue.put_nowait(event)
+
+    def process(self, event: Event) -> list[Effect]:
+        """Journal one event, step the machine, and hand the effects to the sinks."""
+        if not isinstance(event, Tick):
+            self._write_journal(event)
+        effects = self.book.step(event)
+        for effect in effects:
+            for sink in self.sinks:
+                try:
+                    sink.handle(effect)
+                except Exception:  # a broken sink must not stop the others or the machine
+                    log.exception("sink_failed", sink=type(sink).__name__)
+        if not isinstance(event, Tick):
+            self.processed += 1
+            self.metrics.event_processed(
+                str(event.source), type(event).__name__, max(0.0, self.clock() - event.at)
+            )
+        if self._running:
+            self._rooms_touched(effects)
+        return effects
+
+    def _write_journal(self, event: Event) -> None:
+        if self._journal is None:
+            return
+        try:
+            self._journal.write(event)
+        except OSError as error:
+            self.metrics.journal_write_error()
+            if not self._journal_failing:
+                log.error("journal_write_failed", error=str(error), path=str(self._journal.path))
+            self._journal_failing = True
+        else:
+            if self._journal_failing:
+                log.info("journal_write_recovered", path=str(self._journal.path))
+            self._journal_failing = False
+
+    async def _consume(self) -> None:
+        while True:
+            event = await self.queue.get()
+            self.process(event)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK_SECONDS)
+            self.submit(Tick(self.clock()))
+
+    # ---- rooms: join while it matters -------------------------------------------------
+
+    def room_needs_observer(self, room: str) -> bool:
+        """Whether the observer should be in `room` now.
+
+        Always while a call there is being set up (dialing, ringing, automation): that
+        is when the room shows what webhooks cannot. For the whole call only in
+        whole-call mode; in setup mode the end then comes from the `participant_left`
+        webhook and reconciliation.
+        """
+        wanted = _LIVE_STATES if self.settings.stays_whole_call else _SETUP_STATES
+        return any(call.state in wanted for call in self.book.calls_in_room(room))
+
+    def _rooms_touched(self, effects: list[Effect]) -> None:
+        rooms = {effect.call.room for effect in effects if not isinstance(effect, Anomaly)}
+        for room in rooms:
+            slot = self.rooms.get(room)
+            if slot is not None:
+                slot.wake.set()
+            elif self.room_needs_observer(room):
+                self._start_watching(room)
+
+    def _start_watching(self, room: str) -> None:
+        slot = _RoomSlot(asyncio.get_running_loop().create_task(self._watch(room)))
+        slot.task.set_name(f"watch-room-{room}")
+        self.rooms[room] = slot
+        slot.task.add_done_callback(lambda _: self._slot_done(room, slot))
+
+    def _slot_done(self, room: str, slot: _RoomSlot) -> None:
+        if self.rooms.get(room) is slot:
+            del self.rooms[room]
+        self.metrics.rooms_watched(sum(1 for s in self.rooms.values() if s.observer))
+        # A call may have started in the room while the task was on its way out.
+        if self._running and self.room_needs_observer(room) and room not in self.rooms:
+            self._start_watching(room)
+
+    async def _watch(self, room: str) -> None:
+        slot = self.rooms[room]
+        attempt = 0
+        while self.room_needs_observer(room):
+            observer = await self._join(room, slot)
+            if observer is None:
+                attempt += 1
+                await self._sleep_or_wake(slot, min(0.25 * 2**attempt, 10.0))
+                continue
+            attempt = 0
+            try:
+                await self._stay(room, slot)
+            finally:
+                slot.observer = None
+                await observer.close()
+                self.metrics.rooms_watched(sum(1 for s in self.rooms.values() if s.observer))
+                log.debug("room_left", room=room)
+
+    async def _join(self, room: str, slot: _RoomSlot) -> RoomObserver | None:
+        self._observer_serial += 1
+        identity = f"call-monitor-{self.settings.instance}-{self._observer_serial}"
+        lost = slot.lost = asyncio.Event()
+
+        def on_lost(name: str, reason: Reason | None) -> None:
+            log.info("room_connection_lost", room=name, reason=str(reason))
+            lost.set()
+            slot.wake.set()
+
+        observer = RoomObserver(
+            room,
+            _ws_url(self.settings.livekit_url),
+            observer_token(self.settings, room, identity),
+            self.submit,
+            ObserverHooks(
+                lost=on_lost,
+                reconnecting=lambda name: log.info("room_reconnecting", room=name),
+                reconnected=lambda name: self.metrics.room_reconnect(),
+            ),
+            self.clock,
+        )
+        async with self._join_slots:
+            if not self.room_needs_observer(room):
+                return None
+            try:
+                async with asyncio.timeout(self.settings.join_timeout_seconds):
+                    await observer.connect()
+            except Exception as error:
+                self.metrics.room_connect(False)
+                log.warning("room_join_failed", room=room, error=f"{type(error).__name__}: {error}")
+                return None
+        self.metrics.room_connect(True)
+        slot.observer = observer
+        self.metrics.rooms_watched(sum(1 for s in self.rooms.values() if s.observer))
+        log.debug("room_joined", room=room)
+        return observer
+
+    async def _stay(self, room: str, slot: _RoomSlot) -> None:
+        """Return when the observer should leave: no longer needed, or lost."""
+        lost = slot.lost
+        while not lost.is_set():
+            if not self.room_needs_observer(room):
+                # Stay a short grace: a second call may start, or a late change arrive.
+                await self._sleep_or_wake(slot, self.settings.answer_grace_seconds)
+                if not self.room_needs_observer(room) or lost.is_set():
+                    return
+            slot.wake.clear()
+            await slot.wake.wait()
+
+    @staticmethod
+    async def _sleep_or_wake(slot: _RoomSlot, seconds: float) -> None:
+        slot.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await slot.wake.wait()
+
+    # ---- reconciliation -------------------------------------------------------------
+
+    async def reconcile_once(self, lkapi: api.LiveKitAPI) -> None:
+        """Compare livekit-server's rooms and participants with the calls known.
+
+        Every SIP participant listed is a snapshot event (a call started while the
+        monitor was away is picked up in its current state). A known call missing from
+        two listings in a row is declared gone: one miss may be a listing racing a join.
+        """
+        started = time.monotonic()
+        listing = await lkapi.room.list_rooms(api.ListRoomsRequest())
+        now = self.clock()
+        listed = {room.name: room for room in listing.rooms}
+        known_rooms = self.book.rooms()
+        to_list = [
+            room
+            for room in listed.values()
+            if room.num_participants > 0 or room.name in known_rooms
+        ]
+        gate = asyncio.Semaphore(_RECONCILE_CONCURRENCY)
+        missing: set[tuple[str, str]] = set()
+
+        async def list_one(name: str, room_sid: str) -> None:
+            async with gate:
+                answer = await lkapi.room.list_participants(api.ListParticipantsRequest(room=name))
+            events, sids = listing_events(self.clock(), name, room_sid, answer.participants)
+            for event in events:
+                self.submit(event)
+            for call in self.book.calls_in_room(name):
+                if call.participant_sid not in sids and call.state is not CallState.ENDING:
+                    missing.add((name, call.participant_sid))
+
+        await asyncio.gather(*(list_one(room.name, room.sid) for room in to_list))
+        for room in known_rooms - set(listed):
+            for call in self.book.calls_in_room(room):
+                if call.state is not CallState.ENDING:
+                    missing.add((room, call.participant_sid))
+        suspects = {f"{room}\0{sid}" for room, sid in missing}
+        for room, sid in sorted(missing):
+            if f"{room}\0{sid}" in self._suspects:
+                self.submit(ParticipantVanished(now, Source.RECONCILE, room, sid))
+        self._suspects = suspects
+        self.metrics.reconcile_run(True, time.monotonic() - started)
+
+    async def _reconcile(self, lkapi: api.LiveKitAPI) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.reconcile_once(lkapi)
+            except Exception as error:
+                failures += 1
+                self.metrics.reconcile_run(False, 0.0)
+                self._set_ready(False, f"livekit-server API failed: {type(error).__name__}")
+                log.warning("reconcile_failed", error=f"{type(error).__name__}: {error}")
+                # Back off while it keeps failing, never a hot loop.
+                await asyncio.sleep(min(self.settings.reconcile_seconds, 2.0 * 2**failures))
+                continue
+            failures = 0
+            self._set_ready(True, "")
+            await asyncio.sleep(self.settings.reconcile_seconds)
+
+    def _set_ready(self, ready: bool, reason: str) -> None:
+        if ready != self.ready:
+            log.info("readiness_changed", ready=ready, reason=reason)
+        self.ready = ready
+        self.not_ready_reason = reason
+        self.metrics.ready(ready)
+
+    # ---- lifetime -------------------------------------------------------------------
+
+    def live_calls(self) -> list[CallRecord]:
+        return self.book.live_calls()
+
+    async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set; then stop intake, drain, close everything."""
+        from monitor.http import serve
+
+        http_url = _http_url(self.settings.livekit_url)
+        async with contextlib.AsyncExitStack() as stack:
+            lkapi = api.LiveKitAPI(
+                http_url, self.settings.livekit_api_key, self.settings.livekit_api_secret
+            )
+            stack.push_async_callback(lkapi.aclose)
+            self.http_port = await stack.enter_async_context(serve(self))
+            tasks = [
+                asyncio.create_task(self._consume(), name="consume-events"),
+                asyncio.create_task(self._tick(), name="clock"),
+                asyncio.create_task(self._reconcile(lkapi), name="reconcile"),
+            ]
+            log.info(
+                "monitor_started",
+                http=f"{self.settings.http_host}:{self.http_port}",
+                livekit=http_url,
+                room_mode="whole_call" if self.settings.stays_whole_call else "setup",
+                webhooks=self.settings.webhooks,
+            )
+            self._running = True
+            if started is not None:
+                started.set()
+            try:
+                await stop.wait()
+            finally:
+                self._running = False
+                await self._shutdown(tasks)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks[1:]:
+            task.cancel()
+        slots = list(self.rooms.values())
+        for slot in slots:
+            slot.task.cancel()
+        await asyncio.gather(*tasks[1:], *(slot.task for slot in slots), return_exceptions=True)
+        # Drain what the sources already delivered, then stop the consumer.
+        while not self.queue.empty():
+            self.process(self.queue.get_nowait())
+        tasks[0].cancel()
+        await asyncio.gather(tasks[0], return_exceptions=True)
+        if self._journal is not None:
+            self._journal.close()
+        log.info("monitor_stopped", calls_open=len(self.book.live_calls()))
+
+
+async def run_until_signalled(monitor: Monitor) -> None:
+    """Run the monitor until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await monitor.run(stop)

@@ -1,0 +1,243 @@
+"""The HTTP surface: webhooks, the dial hook, /calls, health, and bad requests refused.
+
+Webhooks are signed here with livekit-api's own AccessToken, exactly as livekit-server
+signs them (a JWT with the body's sha256), and verified by its WebhookReceiver.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from google.protobuf.json_format import MessageToJson
+from livekit import api
+from livekit.protocol import models, webhook
+
+from monitor.config import load_settings
+from monitor.http import build_app
+from monitor.model import DialFailed, Event, ParticipantLeft, ParticipantSeen, Reason, RoomEnded
+from monitor.service import Monitor
+
+Client = TestClient[web.Request, web.Application]
+KEY = "APIunit"
+SECRET = "unit-test-secret-that-is-long-enough-0123456789"
+
+
+def make_monitor() -> Monitor:
+    settings = load_settings(
+        {"http_port": "0", "webhook_max_bytes": "4096"},
+        {"LIVEKIT_URL": "ws://127.0.0.1:1", "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET},
+    )
+    return Monitor(settings)
+
+
+@pytest_asyncio.fixture
+async def served() -> AsyncIterator[tuple[Monitor, Client]]:
+    monitor = make_monitor()
+    client: Client = TestClient(TestServer(build_app(monitor)))
+    await client.start_server()
+    try:
+        yield monitor, client
+    finally:
+        await client.close()
+
+
+def signed(body: str, secret: str = SECRET) -> str:
+    digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+    return api.AccessToken(KEY, secret).with_sha256(digest).to_jwt()
+
+
+def bearer(secret: str = SECRET) -> dict[str, str]:
+    return {"Authorization": "Bearer " + api.AccessToken(KEY, secret).to_jwt()}
+
+
+def participant_left_body(number: str = "+15551112222") -> str:
+    event = webhook.WebhookEvent(
+        event="participant_left",
+        id="EV_1",
+        created_at=1_795_619_902,
+        room=models.Room(name="call-e", sid="RM_1"),
+        participant=models.ParticipantInfo(
+            sid="PA_1",
+            identity="callee",
+            kind=models.ParticipantInfo.Kind.SIP,
+            attributes={
+                "sip.callID": "SCL_1",
+                "sip.callStatus": "dialing",
+                "sip.phoneNumber": number,
+                "sip.trunkID": "ST_1",
+            },
+            disconnect_reason=models.DisconnectReason.USER_UNAVAILABLE,
+            joined_at_ms=1_795_619_902_402,
+        ),
+    )
+    return MessageToJson(event)
+
+
+def sample(monitor: Monitor, name: str, labels: dict[str, str]) -> float:
+    value = monitor.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def queued(monitor: Monitor) -> list[Event]:
+    items: list[Event] = []
+    while not monitor.queue.empty():
+        items.append(monitor.queue.get_nowait())
+    return items
+
+
+async def test_a_signed_webhook_becomes_events(served: tuple[Monitor, Client]) -> None:
+    monitor, client = served
+    body = participant_left_body()
+    response = await client.post("/webhook", data=body, headers={"Authorization": signed(body)})
+    assert response.status == 200
+    [event] = queued(monitor)
+    assert isinstance(event, ParticipantLeft)
+    assert event.reason is Reason.USER_UNAVAILABLE
+    assert event.participant.attributes["sip.callStatus"] == "dialing"
+    assert event.participant.joined_at == pytest.approx(1_795_619_902.402)
+    assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "ok"}) == 1
+
+
+async def test_joined_and_room_finished_webhooks(served: tuple[Monitor, Client]) -> None:
+    monitor, client = served
+    joined = json.loads(participant_left_body())
+    joined["event"] = "participant_joined"
+    finished = {"event": "room_finished", "room": {"name": "call-e"}}
+    for payload in (joined, finished, {"event": "track_published"}):
+        body = json.dumps(payload)
+        response = await client.post("/webhook", data=body, headers={"Authorization": signed(body)})
+        assert response.status == 200
+    kinds = [type(event) for event in queued(monitor)]
+    assert kinds == [ParticipantSeen, RoomEnded]
+    assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "ignored"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "result"),
+    [
+        ({}, "missing Authorization"),
+        ({"Authorization": "Bearer not-a-jwt"}, "bad token"),
+        ({"Authorization": "wrong-secret"}, "bad token"),
+        ({"Authorization": "no-hash"}, "no body hash"),
+        ({"Authorization": "other-body"}, "hash mismatch"),
+    ],
+)
+async def test_webhooks_not_signed_by_us_get_401_and_are_counted(
+    served: tuple[Monitor, Client], headers: dict[str, str], result: str
+) -> None:
+    monitor, client = served
+    body = participant_left_body()
+    if headers.get("Authorization") == "wrong-secret":
+        headers = {"Authorization": signed(body, "another-secret-that-is-long-enough-000000")}
+    elif headers.get("Authorization") == "no-hash":
+        headers = {"Authorization": api.AccessToken(KEY, SECRET).to_jwt()}
+    elif headers.get("Authorization") == "other-body":
+        headers = {"Authorization": signed(body + " ")}
+    response = await client.post("/webhook", data=body, headers=headers)
+    assert response.status == 401
+    assert result in (await response.json())["error"]
+    assert queued(monitor) == []
+    assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "unauthorized"}) == 1
+    assert (
+        sample(
+            monitor, "call_monitor_http_bad_requests_total", {"endpoint": "webhook", "code": "401"}
+        )
+        == 1
+    )
+
+
+async def test_malformed_and_oversized_webhooks(served: tuple[Monitor, Client]) -> None:
+    monitor, client = served
+    body = "{this is not json"
+    response = await client.post("/webhook", data=body, headers={"Authorization": signed(body)})
+    assert response.status == 400
+    big = "x" * 5000
+    response = await client.post("/webhook", data=big, headers={"Authorization": signed(big)})
+    assert response.status == 413
+    raw = b"\xff\xfe"
+    response = await client.post("/webhook", data=raw, headers={"Authorization": "x"})
+    assert response.status == 400
+    assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "bad_request"}) == 2
+    assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "too_large"}) == 1
+    assert queued(monitor) == []
+
+
+async def test_dial_hook_needs_our_token_and_a_valid_body(
+    served: tuple[Monitor, Client],
+) -> None:
+    monitor, client = served
+    good = {"room": "call-b", "participant_identity": "callee", "sip_status_code": 486}
+    assert (await client.post("/dial", json=good)).status == 401
+    assert (await client.post("/dial", json=good, headers=bearer("x" * 40))).status == 401
+    bad_bodies: list[object] = [
+        [],
+        {"participant_identity": "callee"},
+        {"room": "r"},
+        {"room": "r", "participant_identity": "c", "sip_status_code": "486"},
+        {"room": "r", "participant_identity": "c", "sip_status_code": 999},
+        {"room": "r", "participant_identity": "c", "sip_status_code": True},
+        {"room": "r", "participant_identity": "c", "sip_status": 5},
+    ]
+    for bad in bad_bodies:
+        response = await client.post("/dial", json=bad, headers=bearer())
+        assert response.status == 400, bad
+    response = await client.post("/dial", data="{", headers=bearer())
+    assert response.status == 400
+    assert queued(monitor) == []
+    response = await client.post("/dial", json=good, headers=bearer())
+    assert response.status == 202
+    [event] = queued(monitor)
+    assert isinstance(event, DialFailed)
+    assert (event.room, event.participant_identity, event.sip_status_code) == (
+        "call-b",
+        "callee",
+        486,
+    )
+    assert (
+        sample(monitor, "call_monitor_http_bad_requests_total", {"endpoint": "dial", "code": "400"})
+        == 8
+    )
+
+
+async def test_calls_lists_live_calls_masked_and_needs_our_token(
+    served: tuple[Monitor, Client],
+) -> None:
+    monitor, client = served
+    joined = json.loads(participant_left_body("+447911123456"))
+    joined["event"] = "participant_joined"
+    body = json.dumps(joined)
+    await client.post("/webhook", data=body, headers={"Authorization": signed(body)})
+    for event in queued(monitor):
+        monitor.process(event)
+    assert (await client.get("/calls")).status == 401
+    response = await client.get("/calls", headers=bearer())
+    assert response.status == 200
+    text = await response.text()
+    assert "+447911123456" not in text
+    [call] = json.loads(text)["calls"]
+    assert (call["call_id"], call["state"], call["phone_number"]) == (
+        "SCL_1",
+        "dialing",
+        "+44******3456",
+    )
+
+
+async def test_health_readiness_and_metrics(served: tuple[Monitor, Client]) -> None:
+    monitor, client = served
+    assert (await client.get("/healthz")).status == 200
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert "reconciled" in (await response.json())["reason"]
+    monitor._set_ready(True, "")
+    assert (await client.get("/readyz")).status == 200
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert "call_monitor_ready 1.0" in await response.text()
