@@ -106,6 +106,8 @@ _INITIAL_STATUS: Mapping[Direction, frozenset[SipStatus]] = MappingProxyType(
 _NOT_FOR_INBOUND = frozenset({SipStatus.DIALING, SipStatus.AUTOMATION})
 # A join time further than this ahead of our clock means the clocks disagree.
 _CLOCK_SKEW_SECONDS = 2.0
+# First seen this long after its join, a participant's status may have changed unseen.
+_LATE_FIRST_SIGHT_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +302,6 @@ class CallBook:
             last_status=None,
             statuses=(),
             timings=Timings(started_at=started_at),
-            timings_approximate=False,
             sources=frozenset({event.source}),
         )
         self._calls[key] = _Call(record)
@@ -323,13 +324,14 @@ class CallBook:
             )
         status = self._parse_status(key, event, effects)
         if status is not None:
-            record = self._record_status(record, status, event.at)
-            first_is_initial = status in _INITIAL_STATUS[direction]
-            record = replace(
-                record,
-                state=_STATE_OF_STATUS[status],
-                timings_approximate=not first_is_initial,
+            # First seen in the status it joined with, soon after joining: as it happened.
+            seen_late = (
+                participant.joined_at is not None
+                and event.at - participant.joined_at > _LATE_FIRST_SIGHT_SECONDS
             )
+            exact = status in _INITIAL_STATUS[direction] and not seen_late
+            record = self._record_status(record, status, event.at, approximate=not exact)
+            record = replace(record, state=_STATE_OF_STATUS[status])
             if direction is Direction.INBOUND and status in _NOT_FOR_INBOUND:
                 effects.append(self._direction_mismatch(event, key, status))
         self._calls[key] = _Call(record, dial_failed=False)
@@ -399,24 +401,23 @@ class CallBook:
             return effects
         if record.direction is Direction.INBOUND and status in _NOT_FOR_INBOUND:
             effects.append(self._direction_mismatch(event, key, status))
-        timed_before = (record.timings.ringing_at, record.timings.answered_at)
-        record = self._record_status(record, status, event.at)
-        timed_after = (record.timings.ringing_at, record.timings.answered_at)
-        if not isinstance(event, AttributesChanged) and timed_after != timed_before:
-            # Seen in a snapshot, not as it happened: when it rang or answered is a guess.
-            record = replace(record, timings_approximate=True)
+        # Seen in a snapshot, not as it happened: when it rang or answered is a bound.
+        snapshot = not isinstance(event, AttributesChanged)
+        record = self._record_status(record, status, event.at, approximate=snapshot)
         record = replace(record, state=target)
         self._calls[key] = replace(call, record=record)
         effects.append(StateChanged(event.at, event.source, current, record))
         return effects
 
     @staticmethod
-    def _record_status(record: CallRecord, status: SipStatus, at: float) -> CallRecord:
+    def _record_status(
+        record: CallRecord, status: SipStatus, at: float, approximate: bool = False
+    ) -> CallRecord:
         timings = record.timings
         if status is SipStatus.RINGING and timings.ringing_at is None:
-            timings = replace(timings, ringing_at=at)
+            timings = replace(timings, ringing_at=at, ringing_approximate=approximate)
         if status in _ANSWERED and timings.answered_at is None:
-            timings = replace(timings, answered_at=at)
+            timings = replace(timings, answered_at=at, answer_approximate=approximate)
         return replace(
             record,
             last_status=status,

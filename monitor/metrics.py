@@ -400,15 +400,14 @@ class MonitorMetrics:
         total = timings.total_duration
         if total is not None:
             self._duration.labels(direction=direction, trunk=trunk).observe(total)
-        if call.timings_approximate:
-            # A status seen only in a snapshot: its time is a guess, kept out of the
-            # setup and talk histograms (the call log still shows it).
-            return
+        # A moment seen only in a snapshot is a bound, not a measurement: it is kept out
+        # of the histograms it would skew (the call log still shows it).
         pdd = timings.post_dial_delay
-        if call.direction is Direction.OUTBOUND and pdd is not None:
+        outbound = call.direction is Direction.OUTBOUND
+        if outbound and pdd is not None and not timings.ringing_approximate:
             self._pdd.labels(trunk=trunk).observe(pdd)
         answer = timings.time_to_answer
-        if answer is not None:
+        if answer is not None and not timings.answer_approximate:
             self._answer.labels(direction=direction, trunk=trunk).observe(answer)
             talk = timings.talk_duration
             if talk is not None:

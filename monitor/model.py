@@ -324,6 +324,10 @@ class Timings:
     ringing_at: float | None = None
     answered_at: float | None = None
     ended_at: float | None = None
+    # True when the moment was seen only in a snapshot (a listing, a webhook, the
+    # observer arriving late): it happened at or before the time given.
+    ringing_approximate: bool = False
+    answer_approximate: bool = False
 
     @property
     def post_dial_delay(self) -> float | None:
@@ -367,7 +371,6 @@ class CallRecord:
     last_status: SipStatus | None
     statuses: tuple[SipStatus, ...]
     timings: Timings
-    timings_approximate: bool
     outcome: Outcome | None = None
     ambiguity: str = ""  # why the outcome could be another one; "" when certain
     reason: Reason | None = None
@@ -375,6 +378,11 @@ class CallRecord:
     sip_status_code: int | None = None
     sip_status: str = ""
     sources: frozenset[Source] = frozenset()
+
+    @property
+    def timings_approximate(self) -> bool:
+        """Whether a setup moment (ringing, answer) was seen only after the fact."""
+        return self.timings.ringing_approximate or self.timings.answer_approximate
 
 
 @dataclass(frozen=True, slots=True)

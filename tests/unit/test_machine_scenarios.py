@@ -635,3 +635,21 @@ def test_a_stale_snapshot_is_ignored_without_an_anomaly() -> None:
     record = only_end(effects)
     assert record.statuses == ("ringing", "active")
     assert record.outcome is Outcome.COMPLETED
+
+
+def test_only_the_moment_seen_late_is_approximate() -> None:
+    # the observer joined after the 180 (seeded at ringing), then saw the answer live
+    script = CallScript().seen(0.03, "dialing", Source.WEBHOOK, joined=0.03)
+    script.seen(0.4, "ringing").to(2.0, "active").to(5.0, "hangup")
+    record = only_end(run(script.left(5.01, R.CLIENT_INITIATED).events)[1])
+    assert record.timings.ringing_approximate
+    assert not record.timings.answer_approximate
+    assert record.timings_approximate
+
+
+def test_an_inbound_call_first_seen_long_after_its_join_has_an_approximate_answer() -> None:
+    # a monitor restarted mid-call finds an answered inbound call in a listing
+    script = CallScript(inbound=True).seen(60.0, "active", Source.RECONCILE, joined=0.0)
+    record = only_end(run(script.left(70.0, R.CLIENT_INITIATED).events)[1])
+    assert record.timings.answer_approximate
+    assert record.timings.started_at == approx(T0)

@@ -18,6 +18,7 @@ from monitor.model import (
     CallStarted,
     Event,
     Reason,
+    Source,
 )
 from tests.unit.script import CallScript
 
@@ -438,3 +439,15 @@ def test_promtool_finds_no_problems_after_a_realistic_mix_of_calls() -> None:
     problems = (checked.stdout + checked.stderr).decode()
     assert checked.returncode == 0, problems
     assert problems.strip() == ""
+
+
+def test_a_moment_seen_only_in_a_snapshot_stays_out_of_its_histogram() -> None:
+    # ringing first seen when the observer arrived: the post-dial delay is only a bound
+    script = CallScript().seen(0.03, "dialing", Source.WEBHOOK).seen(0.4, "ringing")
+    script.to(2.0, "active").to(5.0, "hangup").left(5.01, R.CLIENT_INITIATED)
+    registry, _ = feed(script.events)
+    out = {"direction": "outbound", "trunk": "ST_trunk1"}
+    pdd = value(registry, "call_monitor_post_dial_delay_seconds_count", trunk="ST_trunk1")
+    assert pdd is None
+    assert value(registry, "call_monitor_time_to_answer_seconds_count", **out) == 1
+    assert value(registry, "call_monitor_talk_duration_seconds_count", **out) == 1
