@@ -7,11 +7,12 @@ argument is missing or malformed (one line on stderr naming it).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from monitor.config import SETTINGS, ConfigError, describe, load_settings
+from monitor.config import SETTINGS, ConfigError, Settings, describe, load_settings
 from monitor.privacy import NumberMasker
 from monitor.replay import print_replay, replay
 
@@ -35,13 +36,20 @@ def _parser() -> argparse.ArgumentParser:
         "--show-numbers", action="store_true", help="print phone numbers unmasked"
     )
 
+    run_cmd = commands.add_parser(
+        "run", help="watch livekit-server's SIP calls; serve metrics, health, webhooks"
+    )
     config_cmd = commands.add_parser(
         "config", help="check the settings and print them (secrets hidden)"
     )
-    for setting in SETTINGS:
-        config_cmd.add_argument(
-            setting.flag, dest=setting.name, default=None, help=f"{setting.help} [{setting.env}]"
-        )
+    for command in (run_cmd, config_cmd):
+        for setting in SETTINGS:
+            command.add_argument(
+                setting.flag,
+                dest=setting.name,
+                default=None,
+                help=f"{setting.help} [{setting.env}]",
+            )
     return parser
 
 
@@ -58,8 +66,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
+    if args.command == "run":
+        return _run(settings)
     for name, value in describe(settings).items():
         print(f"{name}={value}")
+    return 0
+
+
+def _run(settings: Settings) -> int:
+    # Imported here: `replay` and `config` need neither livekit.rtc nor the service.
+    from monitor.logs import CallLog, configure_logging
+    from monitor.service import Monitor, run_until_signalled
+
+    configure_logging(settings)
+    masker = NumberMasker(settings.mask_numbers, settings.mask_keep_digits)
+    monitor = Monitor(settings, sinks=[CallLog(masker=masker)])
+    asyncio.run(run_until_signalled(monitor))
     return 0
 
 
