@@ -370,6 +370,9 @@ class Stack:
             self.api_secret,
             "--log-level",
             self.config.sim_log_level,
+            # Let it end its calls before stop() would SIGKILL it.
+            "--shutdown-timeout",
+            f"{max(self.config.stop_timeout - 1.0, 0.5):g}s",
             *self.config.sim_args,
         ]
 
