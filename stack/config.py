@@ -21,6 +21,7 @@ __all__ = [
     "LOOPBACK",
     "StackConfig",
     "StackPorts",
+    "free_port",
     "free_ports",
     "livekit_config",
     "new_credentials",
@@ -79,20 +80,25 @@ def _free_port(kind: int) -> int:
         return port
 
 
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A free loopback port (TCP by default) not handed out before in this process.
+
+    Use it for a service that must be known before the stack starts, such as the
+    receiver of the stack's webhooks: the stack will not pick the same port.
+    """
+    with _handed_out_lock:
+        while True:
+            port = _free_port(kind)
+            key = ("udp" if kind == socket.SOCK_DGRAM else "tcp", port)
+            if key not in _handed_out:
+                _handed_out.add(key)
+                return port
+
+
 def free_ports() -> StackPorts:
     """Pick distinct free loopback ports, never the same one twice in this process."""
-    chosen: list[int] = []
     kinds = [socket.SOCK_STREAM] * 2 + [socket.SOCK_DGRAM] + [socket.SOCK_STREAM] * 3
-    with _handed_out_lock:
-        for kind in kinds:
-            while True:
-                port = _free_port(kind)
-                key = ("udp" if kind == socket.SOCK_DGRAM else "tcp", port)
-                if key not in _handed_out and port not in chosen:
-                    break
-            _handed_out.add(key)
-            chosen.append(port)
-    http, tcp, udp, prom, redis, sim = chosen
+    http, tcp, udp, prom, redis, sim = (free_port(kind) for kind in kinds)
     return StackPorts(
         livekit_http=http,
         livekit_rtc_tcp=tcp,

@@ -6,7 +6,8 @@ stopped at the end of the session whatever the tests did, and the observer and
 answerer rooms a test opens are closed when the test ends.
 
 Fixtures:
-- `stack`: the running `stack.Stack` (session).
+- `stack`: the running `stack.Stack` (session), webhooks sent to `monitor_port`.
+- `monitor_port`: the loopback port the stack's webhooks go to (`/webhook`).
 - `lkapi`: a `livekit.api.LiveKitAPI` for the stack, on the session event loop.
 - `sip_setup`: outbound trunk, inbound trunk and dispatch rule made through the API.
 - `ledger`: the simulator's ledger (`stack.ledger.Ledger`).
@@ -33,6 +34,7 @@ import pytest_asyncio
 from livekit import api, rtc
 
 from stack import Stack, StackConfig
+from stack.config import free_port
 from stack.ledger import CallEnded, Ledger
 
 TRUNK_NUMBER = "+15550000000"
@@ -60,9 +62,21 @@ def unique_room(prefix: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def monitor_port() -> int:
+    """A free loopback port; the session's stack sends its webhooks to
+    `http://127.0.0.1:<monitor_port>/webhook`, so a monitor a test runs there gets them."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def stack(monitor_port: int) -> Iterator[Stack]:
     """The stack of this test session: redis, livekit-server and the SIP simulator."""
-    with Stack.start(StackConfig(empty_timeout=5, departure_timeout=3)) as running:
+    config = StackConfig(
+        webhook_urls=[f"http://127.0.0.1:{monitor_port}/webhook"],
+        empty_timeout=5,
+        departure_timeout=3,
+    )
+    with Stack.start(config) as running:
         yield running
 
 
