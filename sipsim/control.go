@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"time"
 )
 
@@ -86,5 +87,9 @@ func controlHandler(s *Service) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"call_id": req.CallID, "ok": true})
 	})
+	// Go profiling, for benchmarks of the simulator itself.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -51,7 +52,9 @@ func run() int {
 		talk        = flag.Float64("talk", 3, "default talk time in seconds before the far end hangs up")
 		quirks      = flag.String("quirks", "", "default quirk switches, comma separated")
 		shutdownTO  = flag.Duration("shutdown-timeout", 10*time.Second, "how long to wait for calls to end on SIGTERM")
-		primeFlag   = flag.Int("prime-frames", 5, "Opus silence frames written when the track is negotiated")
+		primeFlag   = flag.Int("prime-frames", 5, "Opus silence frames written once the publisher connection is up")
+		singlePCF   = flag.Bool("single-pc", false, "join with one peer connection (server-sdk-go single peer connection mode)")
+		fullIntc    = flag.Bool("rtcp", false, "keep server-sdk-go's default RTP/RTCP interceptors (costly at scale)")
 	)
 	flag.Parse()
 
@@ -71,7 +74,14 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "sipsim: --quirks: %v\n", err)
 		return 2
 	}
+	raiseFileLimit(log)
+	if os.Getenv("GOGC") == "" {
+		// Joins allocate a lot (SDP parsing); memory is cheaper than GC here.
+		debug.SetGCPercent(400)
+	}
 	primeFrames = *primeFlag
+	fullInterceptors = *fullIntc
+	singlePC = *singlePCF
 
 	// The SDK and psrpc log through protocol's logger: quiet unless debugging.
 	sdkLevel := "warn"
@@ -162,6 +172,29 @@ func run() int {
 	_ = rc.Close()
 	log.Info("stopped")
 	return 0
+}
+
+// raiseFileLimit lifts the open files limit: every call holds about 15
+// sockets (two peer connections with a socket per interface, plus mDNS).
+func raiseFileLimit(log *slog.Logger) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	want := uint64(1 << 20)
+	if lim.Cur >= want {
+		return
+	}
+	if lim.Max < want {
+		// Raising the hard limit needs root (CAP_SYS_RESOURCE); fall back to it.
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: want}); err == nil {
+			return
+		}
+		want = lim.Max
+	}
+	_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: lim.Max})
+	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	log.Debug("open files limit", "cur", lim.Cur, "max", lim.Max)
 }
 
 func secs(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }

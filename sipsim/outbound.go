@@ -209,6 +209,10 @@ func (c *outboundCall) run(rpcDone <-chan struct{}) {
 		if ringing {
 			ring = ringTimer.C
 		}
+		rpc := rpcDone
+		if c.apiSent {
+			rpc = nil // the API call already returned (active_before_answer)
+		}
 		select {
 		case <-t:
 			return evTimer
@@ -224,7 +228,7 @@ func (c *outboundCall) run(rpcDone <-chan struct{}) {
 			return evShutdown
 		case <-c.hangup:
 			return evHangup
-		case <-rpcDone: // nil once the dial is over
+		case <-rpc: // nil once the dial is over
 			return evRPCDone
 		}
 	}
@@ -252,9 +256,10 @@ func (c *outboundCall) run(rpcDone <-chan struct{}) {
 		case c.sc.FinalCode == 0:
 			ev = wait(-1, true, nil) // never answers
 		case c.sc.AfterPublish:
-			ev = wait(5*time.Second, true, c.rc.Published())
+			// The far end answers once the room shows the track.
+			ev = wait(5*time.Second, true, c.rc.Primed())
 			if ev == evPublished || ev == evTimer {
-				ev = wait(100*time.Millisecond, true, nil)
+				ev = wait(50*time.Millisecond, true, nil)
 			}
 		case c.sc.UseRing:
 			ev = wait(c.opts.Ring, true, nil)
@@ -463,33 +468,33 @@ func leave(rec *callRecord, rc *roomConn, opts CallOptions, reason livekit.Disco
 	rec.left(reason.String(), seenReason(reason).String(), false, extra)
 }
 
-// raceFinish sends the last status through the server API (RoomService
-// UpdateParticipant) and the leave through the signal connection, so that
-// they reach the server in either order (livekit/sip PR #725).
+// raceFinish sends the last status and the leave in an order that varies
+// from call to call (livekit/sip PR #725): "status_first" sets the status on
+// the signal connection and then leaves; "leave_first" leaves and then sets
+// the status through the server API (RoomService.UpdateParticipant), which
+// livekit-server refuses for a participant that already left, so the room
+// never sees it. Without X-Sim-Race the order is drawn at random per call.
 func raceFinish(s *Service, rec *callRecord, rc *roomConn, opts CallOptions, status string, reason livekit.DisconnectReason) {
 	order := opts.RaceOrder
+	drawn := false
 	if order == "" {
-		order = "race"
+		order = "status_first"
+		if rand.IntN(2) == 0 {
+			order = "leave_first"
+		}
+		drawn = true
 	}
 	rec.status(status)
 	attrs := map[string]string{attrCallStatus: status}
-	room, identity := rec.room, rec.identity
-	extra := map[string]any{"race_order": order}
-	switch order {
-	case "status_first":
+	extra := map[string]any{"race_order": order, "race_drawn": drawn}
+	if order == "status_first" {
 		rc.SetAttributes(attrs)
 		leave(rec, rc, opts, reason, extra)
-	case "leave_first":
-		leave(rec, rc, opts, reason, extra)
-		err := s.updateAttributesViaAPI(room, identity, attrs)
-		rec.event("status_via_api", map[string]any{"value": status, "ok": err == nil, "error": errString(err)})
-	default:
-		res := make(chan error, 1)
-		go func() { res <- s.updateAttributesViaAPI(room, identity, attrs) }()
-		leave(rec, rc, opts, reason, extra)
-		err := <-res
-		rec.event("status_via_api", map[string]any{"value": status, "ok": err == nil, "error": errString(err)})
+		return
 	}
+	leave(rec, rc, opts, reason, extra)
+	err := s.updateAttributesViaAPI(rec.room, rec.identity, attrs)
+	rec.event("status_via_api", map[string]any{"value": status, "ok": err == nil, "error": errString(err)})
 }
 
 func errString(err error) any {

@@ -22,6 +22,14 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 )
 
+// fullInterceptors keeps server-sdk-go's default RTP/RTCP interceptors
+// (NACK, RTCP reports, TWCC). Off by default: they cost a timer per peer
+// connection every second and change nothing a room observer sees.
+var fullInterceptors = false
+
+// singlePC joins in server-sdk-go's single peer connection mode.
+var singlePC = false
+
 // sdkLogger is the logger handed to server-sdk-go (quiet by default).
 var sdkLogger protoLogger.Logger = protoLogger.GetDiscardLogger()
 
@@ -107,6 +115,7 @@ type roomConn struct {
 	track     *lksdk.LocalTrack
 	published chan struct{} // closed once the track is bound (negotiated)
 	pubOnce   sync.Once
+	primed    chan struct{} // closed once media went out on the connected publisher
 
 	disconnected chan struct{} // closed when the server ends our session
 	discOnce     sync.Once
@@ -124,6 +133,7 @@ func joinRoom(ctx context.Context, log *slog.Logger, wsURL, token string, attrs 
 		log:          log,
 		sink:         &connSink{},
 		published:    make(chan struct{}),
+		primed:       make(chan struct{}),
 		disconnected: make(chan struct{}),
 		subscribed:   make(chan struct{}),
 	}
@@ -163,11 +173,16 @@ func joinRoom(ctx context.Context, log *slog.Logger, wsURL, token string, attrs 
 	// The SDK keeps the join context for later reconnects: detach it from the
 	// caller's (RPC or HTTP request) lifetime; the SDK bounds the join itself.
 	jctx := context.WithValue(context.WithoutCancel(ctx), connSinkKey{}, rc.sink)
-	err := room.JoinWithContextAndToken(jctx, wsURL, token,
+	opts := []lksdk.ConnectOption{
 		lksdk.WithAutoSubscribe(false),
 		lksdk.WithExtraAttributes(attrs),
 		lksdk.WithLogger(sdkLogger),
-	)
+		lksdk.WithIncludeDefaultInterceptors(fullInterceptors),
+	}
+	if singlePC {
+		opts = append(opts, lksdk.WithSinglePeerConnection())
+	}
+	err := room.JoinWithContextAndToken(jctx, wsURL, token, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -218,6 +233,7 @@ func (rc *roomConn) primeTrack() {
 	defer tick.Stop()
 	deadline := time.After(20 * time.Second)
 	sent := 0
+	defer close(rc.primed)
 	for sent < primeFrames {
 		select {
 		case <-tick.C:
@@ -248,6 +264,11 @@ var primeFrames = 5
 
 // Published is closed once the track is negotiated.
 func (rc *roomConn) Published() <-chan struct{} { return rc.published }
+
+// Primed is closed once the track's first frames went out on the connected
+// publisher connection (the server shows the track from then on), or when
+// priming gave up.
+func (rc *roomConn) Primed() <-chan struct{} { return rc.primed }
 
 // Disconnected is closed when the server ended the session (removed,
 // room deleted, connection lost...).
