@@ -16,6 +16,8 @@ Fixtures:
 - `observe`: join a room as a hidden observer that records what it sees.
 - `answerer`: join a room as a participant that publishes audio (answers inbound calls).
 - `sim_inbound`: start an inbound call in the simulator.
+- `webhooks`: receive the stack's webhooks on `monitor_port` during one test (so no
+  monitor may run in that test) and record them, verified, in the traces' shape.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from livekit import api, rtc
+from livekit.protocol import models
 
 from stack import Stack, StackConfig
 from stack.config import free_port
@@ -549,3 +553,99 @@ async def answerer(stack: Stack) -> AsyncIterator[JoinAnswerer]:
     finally:
         for participant in joined:
             await participant.close()
+
+
+# --- webhooks ------------------------------------------------------------------------
+
+
+class WebhookRecorder:
+    """Receives livekit-server's webhooks, checks their signature, and records them.
+
+    Each record has the fields of a `webhook` line of tests/fixtures/traces/webhooks_*:
+    `t` (seconds since `t0`, monotonic), `webhook_event`, `id`, `createdAt`, `room`, and
+    for participant events `identity`, `participant_sid`, `kind` ("SIP", "AGENT"...),
+    `attributes`, `disconnect_reason`, `state`.
+    """
+
+    def __init__(self, stack: Stack, port: int) -> None:
+        self.port = port
+        self.t0 = time.monotonic()
+        self.received: list[dict[str, Any]] = []
+        self.rejected: list[str] = []
+        self._receiver = api.WebhookReceiver(api.TokenVerifier(stack.api_key, stack.api_secret))
+        self._changed = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/webhook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+
+    async def start(self) -> None:
+        """Listen on 127.0.0.1:port."""
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.text()
+        try:
+            event = self._receiver.receive(body, request.headers.get("Authorization", ""))
+        except Exception as err:  # a bad signature must fail the test, not the server
+            self.rejected.append(f"{type(err).__name__}: {err}")
+            return web.Response(status=401)
+        line: dict[str, Any] = {
+            "t": round(time.monotonic() - self.t0, 3),
+            "event": "webhook",
+            "webhook_event": event.event,
+            "id": event.id,
+            "createdAt": event.created_at,
+            "room": event.room.name,
+        }
+        if event.HasField("participant"):
+            p = event.participant
+            line.update(
+                identity=p.identity,
+                participant_sid=p.sid,
+                kind=models.ParticipantInfo.Kind.Name(p.kind),
+                attributes=dict(p.attributes),
+                disconnect_reason=models.DisconnectReason.Name(p.disconnect_reason),
+                state=models.ParticipantInfo.State.Name(p.state),
+            )
+        self.received.append(line)
+        self._changed.set()
+        return web.Response(text="ok")
+
+    def of_room(self, room: str, t0: float | None = None) -> list[dict[str, Any]]:
+        """The webhooks about one room, in the order they arrived; with `t0` (a
+        time.monotonic() value, e.g. an observer's t0) their `t` counts from it."""
+        shift = 0.0 if t0 is None else self.t0 - t0
+        return [{**w, "t": round(w["t"] + shift, 3)} for w in self.received if w["room"] == room]
+
+    async def wait_for(
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 30.0,  # noqa: ASYNC109 - fails the test, listing what came
+    ) -> dict[str, Any]:
+        """The first webhook (already received or coming) that matches, or fail the test."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for line in self.received:
+                        if predicate(line):
+                            return line
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            pytest.fail(f"no such webhook within {timeout:.0f} s; got: {self.received}")
+
+
+@pytest_asyncio.fixture
+async def webhooks(stack: Stack, monitor_port: int) -> AsyncIterator[WebhookRecorder]:
+    """The stack's webhooks, received on `monitor_port` for the length of one test."""
+    recorder = WebhookRecorder(stack, monitor_port)
+    await recorder.start()
+    try:
+        yield recorder
+    finally:
+        await recorder.stop()

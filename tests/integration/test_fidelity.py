@@ -36,6 +36,7 @@ from tests.integration.conftest import (
     RoomObserver,
     SimInbound,
     SipSetup,
+    WebhookRecorder,
     sim_number,
     unique_room,
 )
@@ -395,6 +396,8 @@ class Replayed:
     number: str
     info: api.SIPParticipantInfo | None
     error: dict[str, Any] | None
+    room: str
+    t0: float
 
 
 async def replay_outbound(
@@ -442,7 +445,7 @@ async def replay_outbound(
     await asyncio.gather(actions, return_exceptions=True)
     await observer.close()
     seen = [s.as_trace_line() for s in observer.seen]
-    return Replayed(seen, t_request, t_return, number, info, error)
+    return Replayed(seen, t_request, t_return, number, info, error, room, observer.t0)
 
 
 OUTBOUND = [n for n in trace_names() if not n.startswith("inbound")]
@@ -498,18 +501,26 @@ async def _room_appears(lkapi: api.LiveKitAPI, room: str) -> None:
     pytest.fail(f"room {room} of the inbound call never appeared")
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("name", INBOUND)
-async def test_inbound_call_looks_like_the_recording(
-    name: str,
+@dataclass(slots=True)
+class ReplayedInbound:
+    """What replaying one inbound recording gave."""
+
+    seen: list[dict[str, Any]]
+    anchor: float
+    call: dict[str, Any]
+    t0: float
+
+
+async def replay_inbound(
+    trace: Trace,
     stack: Stack,
     lkapi: api.LiveKitAPI,
-    sip_setup: SipSetup,
     observe: JoinObserver,
     answerer: JoinAnswerer,
     sim_inbound: SimInbound,
-) -> None:
-    trace = load_trace(name)
+) -> ReplayedInbound:
+    """Call in as the recording's sipp did; watch the room as its harness did: join once
+    the room appears, then (if the recording had one) add an answerer that speaks."""
     far = trace.sipp
     assert far.caller is not None, "the recording's sipp scenario names no caller"
     answers = trace.first("answerer_connected") is not None
@@ -534,15 +545,104 @@ async def test_inbound_call_looks_like_the_recording(
         if not answers:
             await asyncio.to_thread(stack.sim_hangup, call["call_id"])
     seen = [s.as_trace_line() for s in observer.seen]
-    assert_room_looks_like_a_recording(
-        trace, seen, anchor, window=None if answers else NOANSWER_WINDOW
-    )
+    return ReplayedInbound(seen, anchor, call, observer.t0)
 
-    room_pattern = re.escape(f"{sip_setup.room_prefix}_{far.caller}_") + r"\w+$"
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", INBOUND)
+async def test_inbound_call_looks_like_the_recording(
+    name: str,
+    stack: Stack,
+    lkapi: api.LiveKitAPI,
+    sip_setup: SipSetup,
+    observe: JoinObserver,
+    answerer: JoinAnswerer,
+    sim_inbound: SimInbound,
+) -> None:
+    trace = load_trace(name)
+    got = await replay_inbound(trace, stack, lkapi, observe, answerer, sim_inbound)
+    answered = trace.first("answerer_connected") is not None
+    window = None if answered else NOANSWER_WINDOW
+    assert_room_looks_like_a_recording(trace, got.seen, got.anchor, window=window)
+
+    caller = trace.sipp.caller
+    room_pattern = re.escape(f"{sip_setup.room_prefix}_{caller}_") + r"\w+$"
     assert re.match(room_pattern, trace.result["room"]), "the recording's room"
-    assert re.match(room_pattern, call["room"]), call["room"]
-    context = {"caller": far.caller, "sip_caller": f"sip_{far.caller}", "callee": TRUNK_NUMBER}
-    assert relations(seen, context) == relations(trace.events, context)
+    assert re.match(room_pattern, got.call["room"]), got.call["room"]
+    context = {"caller": caller, "sip_caller": f"sip_{caller}", "callee": TRUNK_NUMBER}
+    assert relations(got.seen, context) == relations(trace.events, context)
+
+
+# --- webhooks ------------------------------------------------------------------------
+
+
+def load_webhooks(name: str) -> list[dict[str, Any]]:
+    """The webhook lines of a webhooks_* recording."""
+    lines = [json.loads(line) for line in (TRACES / f"{name}.jsonl").read_text().splitlines()]
+    return [e for e in lines if e["event"] == "webhook"]
+
+
+def webhook_view(lines: Sequence[Mapping[str, Any]], identity: str | None) -> list[tuple[Any, ...]]:
+    """The webhooks about one participant: event, kind, state, reason, status, keys."""
+    return [
+        (
+            w["webhook_event"],
+            w["kind"],
+            w["state"],
+            w["disconnect_reason"],
+            w["attributes"].get("sip.callStatus"),
+            tuple(sorted(w["attributes"])),
+        )
+        for w in lines
+        if identity is not None and w.get("identity") == identity
+    ]
+
+
+def webhook_milestones(
+    lines: Sequence[Mapping[str, Any]], identity: str | None, anchor: float
+) -> dict[str, float]:
+    """When (after `anchor`) each kind of webhook about one participant first came."""
+    out: dict[str, float] = {}
+    for w in lines:
+        if identity is not None and w.get("identity") == identity:
+            out.setdefault(w["webhook_event"], round(w["t"] - anchor, 3))
+    return {name: t for name, t in out.items() if t >= 0}
+
+
+WEBHOOK_TRACES = sorted(p.name.removesuffix(".jsonl") for p in TRACES.glob("webhooks_*.jsonl"))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", WEBHOOK_TRACES)
+async def test_webhooks_look_like_the_recording(
+    name: str,
+    stack: Stack,
+    lkapi: api.LiveKitAPI,
+    sip_setup: SipSetup,
+    observe: JoinObserver,
+    answerer: JoinAnswerer,
+    sim_inbound: SimInbound,
+    webhooks: WebhookRecorder,
+) -> None:
+    trace = load_trace(name)
+    if trace.inbound:
+        inbound = await replay_inbound(trace, stack, lkapi, observe, answerer, sim_inbound)
+        seen, anchor = inbound.seen, inbound.anchor
+        received = webhooks.of_room(inbound.call["room"], t0=inbound.t0)
+    else:
+        outbound = await replay_outbound(trace, lkapi, sip_setup, observe)
+        seen, anchor = outbound.seen, outbound.t_request
+        received = webhooks.of_room(outbound.room, t0=outbound.t0)
+    assert webhooks.rejected == []
+    recorded = load_webhooks(name)
+    recorded_view = webhook_view(recorded, sip_identity(trace.events))
+    observed_view = webhook_view(received, sip_identity(seen))
+    assert recorded_view, f"{name}: the recording has no webhook about the SIP participant"
+    assert observed_view == recorded_view, f"{name}: webhooks {received}"
+    assert not timing_mismatches(
+        webhook_milestones(recorded, sip_identity(trace.events), trace.anchor),
+        webhook_milestones(received, sip_identity(seen), anchor),
+    ), f"{name}: webhooks came at other times: {received}"
 
 
 # --- the comparison can fail ---------------------------------------------------------
