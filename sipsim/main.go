@@ -84,7 +84,8 @@ func run() int {
 	singlePC = *singlePCF
 
 	// The SDK and psrpc log through protocol's logger: quiet unless debugging.
-	sdkLevel := "warn"
+	// pion warns about every ICE pair it cannot use yet: keep it to errors.
+	sdkLevel := "error"
 	if level <= slog.LevelDebug {
 		sdkLevel = "info"
 	}
