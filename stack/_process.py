@@ -39,12 +39,16 @@ class ManagedProcess:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        second_term_after: float | None = None,
     ) -> None:
+        """`second_term_after`: send SIGTERM once more after this many seconds, for a
+        program that ignores an early SIGTERM or needs a second one to stop at once."""
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self._env = dict(env) if env is not None else None
         self._cwd = cwd
+        self._second_term_after = second_term_after
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,15 +94,27 @@ class ManagedProcess:
         if proc is None:
             return None
         if proc.poll() is None:
+            deadline = time.monotonic() + timeout
             _killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+            if self._second_term_after is not None and not _exited(
+                proc, min(self._second_term_after, timeout)
+            ):
+                _killpg(proc.pid, signal.SIGTERM)
+            if not _exited(proc, deadline - time.monotonic()):
                 _killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         # Children the program left behind in its group go too.
         _killpg(proc.pid, signal.SIGKILL)
         return proc.returncode
+
+
+def _exited(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to `timeout` s for `proc` to exit; True if it did."""
+    try:
+        proc.wait(max(timeout, 0.0))
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -292,7 +292,14 @@ class Stack:
         proc = self._procs.get(part)
         if proc is None:
             proc = self._procs[part] = ManagedProcess(
-                part, self._argv(part), self.log_path(part), cwd=self.logs_dir
+                part,
+                self._argv(part),
+                self.log_path(part),
+                cwd=self.logs_dir,
+                # livekit-server ignores a SIGTERM in its first 100 ms of serving, and
+                # on the first one waits (in 5 s steps) for participants to leave; a
+                # second one stops it at once (service/server.go Start and Stop).
+                second_term_after=0.5 if part == "livekit" else None,
             )
         proc.start()
         return time.monotonic()
