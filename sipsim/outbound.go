@@ -148,22 +148,12 @@ func (s *Service) CreateSIPParticipant(ctx context.Context, req *rpc.InternalCre
 		return resp, nil
 	}
 	go c.run(ctx.Done())
-	select {
-	case err := <-c.apiResult:
-		if err != nil {
-			rec.apiError(err)
-			return nil, err
-		}
-		return resp, nil
-	case <-ctx.Done():
-		// The server's deadline: the dial goroutine sees the same and ends the call.
-		err := <-c.apiResult
-		if err == nil {
-			return resp, nil
-		}
-		rec.apiError(err)
+	// The dial goroutine also ends the dial when the server's deadline passes,
+	// and records api_error before call_ended.
+	if err := <-c.apiResult; err != nil {
 		return nil, err
 	}
+	return resp, nil
 }
 
 func (c *outboundCall) failBeforeJoin(err error) error {
@@ -369,6 +359,7 @@ func (c *outboundCall) onFinalFailure(code int, reason string) {
 	if code >= 500 && code < 600 && c.opts.Quirks.Has(QuirkTrunkFailureReason) {
 		leave = livekit.DisconnectReason_SIP_TRUNK_FAILURE
 	}
+	c.noteAPIError(f.APIErr)
 	c.finish("", leave, EndedByCallee)
 	c.sendAPIResult(f.APIErr)
 }
@@ -376,28 +367,42 @@ func (c *outboundCall) onFinalFailure(code int, reason string) {
 // onDialAborted: the dial ended without a final answer from the far end.
 func (c *outboundCall) onDialAborted(ev waitEvent) {
 	switch ev {
+	default: // not expected; end the dial as a timeout rather than hang
+		fallthrough
 	case evRingTimeout, evRPCDone:
 		c.rec.sipRequest("CANCEL", "us")
 		c.rec.hangupBy(EndedByTimeout, map[string]any{"cause": "ringing_timeout"})
 		f := timeoutFailure()
+		c.noteAPIError(f.APIErr)
 		c.finish("", f.Leave, EndedByTimeout)
 		c.sendAPIResult(f.APIErr)
 	case evMaxDuration:
 		c.rec.sipRequest("CANCEL", "us")
 		c.rec.hangupBy(EndedByUs, map[string]any{"cause": "max_call_duration"})
 		f := timeoutFailure()
+		c.noteAPIError(f.APIErr)
 		c.finish("", f.Leave, EndedByUs)
 		c.sendAPIResult(f.APIErr)
 	case evDisconnected:
 		c.rec.sipRequest("CANCEL", "us")
+		err := timeoutFailure().APIErr
+		c.noteAPIError(err)
 		c.serverEnded()
-		c.sendAPIResult(timeoutFailure().APIErr)
+		c.sendAPIResult(err)
 	case evShutdown:
 		c.rec.sipRequest("CANCEL", "us")
 		c.rec.hangupBy(EndedByServer, map[string]any{"cause": "sipsim_shutdown"})
 		f := shutdownFailure()
+		c.noteAPIError(f.APIErr)
 		c.finish("", f.Leave, EndedByServer)
 		c.sendAPIResult(f.APIErr)
+	}
+}
+
+// noteAPIError records the error a waiting API call is about to get.
+func (c *outboundCall) noteAPIError(err error) {
+	if err != nil && c.req.WaitUntilAnswered && !c.apiSent {
+		c.rec.apiError(err)
 	}
 }
 
