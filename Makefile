@@ -9,11 +9,16 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.cache/tools/uv/bin/uv)
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
+# Debian packages the tests use: redis for the stack, promtool, jq and lnav for the
+# metrics and log-search tests.
+APT_PACKAGES := redis-server prometheus jq lnav
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help demo test test-unit lint fmt coverage build samples clean
+.PHONY: help demo replay-demo test test-unit lint fmt coverage build samples clean system-packages
 
 help:
-	@echo "make demo       run the main job: the sample journal, replayed"
+	@echo "make demo       the main job: a local stack, the monitor, real calls, live output"
+	@echo "make replay-demo  replay the shipped journal of recorded livekit-sip calls"
 	@echo "make test       lint, unit tests with coverage, integration tests on a real stack"
 	@echo "make test-unit  only the unit tests (no LiveKit needed)"
 	@echo "make lint       ruff check, ruff format --check, mypy --strict"
@@ -30,7 +35,18 @@ $(CURDIR)/.cache/tools/uv/bin/uv:
 	$(UV) sync --frozen
 	@touch $@
 
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo ">> installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 demo: .venv/.synced
+	$(RUN) python -m demo
+
+replay-demo: .venv/.synced
 	$(RUN) call-monitor replay samples/traces.journal.jsonl
 
 lint: .venv/.synced
@@ -53,7 +69,7 @@ define pytest
 	exit $$status
 endef
 
-test-unit: .venv/.synced
+test-unit: .venv/.synced system-packages
 	@$(call pytest,coverage run -m pytest tests/unit $(PYTEST_ARGS))
 	$(RUN) coverage report --include='monitor/machine.py,monitor/outcome.py' --fail-under=100 --show-missing
 

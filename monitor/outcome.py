@@ -58,6 +58,7 @@ AMBIGUOUS_NO_HANGUP = (
     "or the SIP service stopped"
 )
 AMBIGUOUS_NO_REASON = "no disconnect reason was given"
+AMBIGUOUS_ANSWER_UNSEEN = "hung up after an answer nobody saw: the talk time is unknown"
 AMBIGUOUS_INBOUND_RINGING = "caller gave up, or the ringing timeout, or the SIP service stopped"
 
 
@@ -117,11 +118,12 @@ def decide(
 
 
 def _unanswered_hangup(direction: Direction) -> Verdict:
-    # hangup without answer: the inbound caller sent CANCEL/BYE while it rang; on an
-    # outbound call the far end ended it while ringing.
+    # hangup with no answer seen. Inbound: the caller sent CANCEL or BYE while it rang.
+    # Outbound: livekit-sip sets hangup only on a BYE or its own EndCall, and a BYE
+    # exists only in an answered call: it was answered while nobody watched.
     if direction is Direction.INBOUND:
         return Verdict(Outcome.ABANDONED, EndedBy.FAR_END)
-    return Verdict(Outcome.REJECTED, EndedBy.FAR_END)
+    return Verdict(Outcome.COMPLETED, EndedBy.FAR_END, AMBIGUOUS_ANSWER_UNSEEN)
 
 
 def _answered(reason: Reason | None) -> Verdict:

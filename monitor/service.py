@@ -316,11 +316,9 @@ class Monitor:
         now = self.clock()
         listed = {room.name: room for room in listing.rooms}
         known_rooms = self.book.rooms()
-        to_list = [
-            room
-            for room in listed.values()
-            if room.num_participants > 0 or room.name in known_rooms
-        ]
+        # Every room is listed: ListRooms' num_participants lags a new participant by
+        # seconds (measured on livekit-server 1.13.5), so it cannot tell which to skip.
+        to_list = list(listed.values())
         gate = asyncio.Semaphore(_RECONCILE_CONCURRENCY)
         missing: set[tuple[str, str]] = set()
 
