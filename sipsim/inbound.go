@@ -244,10 +244,10 @@ func (s *Service) startInbound(ctx context.Context, req inboundRequest) (*inboun
 	s.addCall(callID, rec, c)
 	rc, err := joinRoom(ctx, c.log, wsURL, token, attrs)
 	if err != nil {
-		s.removeCall(callID)
 		rec.sipResponse(486, "Rejected", "us")
 		rec.setFinalCode(486)
 		rec.end(EndedByServer)
+		s.removeCall(callID)
 		return nil, &inboundRefusal{http.StatusBadGateway, 486, fmt.Sprintf("cannot join the room: %v", err)}
 	}
 	c.rc = rc

@@ -121,8 +121,9 @@ func (s *Service) CreateSIPParticipant(ctx context.Context, req *rpc.InternalCre
 	s.addCall(req.SipCallId, c.rec, c)
 	rc, err := joinRoom(ctx, log, wsURL, token, attrs)
 	if err != nil {
+		err = c.failBeforeJoin(psrpc.NewError(psrpc.Internal, fmt.Errorf("update room failed: %w", err)))
 		s.removeCall(req.SipCallId)
-		return nil, c.failBeforeJoin(psrpc.NewError(psrpc.Internal, fmt.Errorf("update room failed: %w", err)))
+		return nil, err
 	}
 	c.rc = rc
 	rec.joined(rc.SID())

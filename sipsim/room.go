@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/pion/interceptor"
 	"github.com/pion/webrtc/v4"
 	"github.com/pion/webrtc/v4/pkg/media"
 
@@ -177,7 +178,10 @@ func joinRoom(ctx context.Context, log *slog.Logger, wsURL, token string, attrs 
 		lksdk.WithAutoSubscribe(false),
 		lksdk.WithExtraAttributes(attrs),
 		lksdk.WithLogger(sdkLogger),
-		lksdk.WithIncludeDefaultInterceptors(fullInterceptors),
+	}
+	if !fullInterceptors {
+		// A non-nil empty list is what makes server-sdk-go skip its defaults.
+		opts = append(opts, lksdk.WithInterceptors([]interceptor.Factory{}), lksdk.WithIncludeDefaultInterceptors(false))
 	}
 	if singlePC {
 		opts = append(opts, lksdk.WithSinglePeerConnection())

@@ -226,22 +226,16 @@ func (s *Service) Shutdown(timeout time.Duration) {
 		s.srv.DeregisterCreateSIPParticipantTopic("")
 	}
 	s.stopOnce.Do(func() { close(s.stopCh) })
-	deadline := time.After(timeout)
-	s.mu.Lock()
-	list := make([]*activeCall, 0, len(s.calls))
-	for _, c := range s.calls {
-		list = append(list, c)
-	}
-	s.mu.Unlock()
-	for _, c := range list {
-		select {
-		case <-c.ctl.Done():
-		case <-deadline:
+	// Every call sees stopCh and ends; wait for them (calls still joining
+	// included: they are registered before they join).
+	deadline := time.Now().Add(timeout)
+	for s.activeCount() > 0 {
+		if time.Now().After(deadline) {
 			s.log.Warn("calls still running at shutdown timeout", "left", s.activeCount())
-			goto out
+			break
 		}
+		time.Sleep(50 * time.Millisecond)
 	}
-out:
 	if s.srv != nil {
 		s.srv.Shutdown()
 	}
