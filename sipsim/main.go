@@ -51,7 +51,7 @@ func run() int {
 		ring        = flag.Float64("ring", 1, "default ring time in seconds before the far end answers or fails")
 		talk        = flag.Float64("talk", 3, "default talk time in seconds before the far end hangs up")
 		quirks      = flag.String("quirks", "", "default quirk switches, comma separated")
-		shutdownTO  = flag.Duration("shutdown-timeout", 10*time.Second, "how long to wait for calls to end on SIGTERM")
+		shutdownTO  = flag.Duration("shutdown-timeout", 20*time.Second, "how long to wait for calls to end on SIGTERM")
 		primeFlag   = flag.Int("prime-frames", 5, "Opus silence frames written once the publisher connection is up")
 		singlePCF   = flag.Bool("single-pc", false, "join with one peer connection (server-sdk-go single peer connection mode)")
 		fullIntc    = flag.Bool("rtcp", false, "keep server-sdk-go's default RTP/RTCP interceptors (costly at scale)")
