@@ -501,6 +501,14 @@ def documented(tool: str) -> dict[str, str]:
     return {name: body.strip() for name, body in found}
 
 
+def test_the_readme_shows_the_tested_queries_as_they_are_in_the_docs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    shown = re.findall(r"<!-- tested: (\w+) ([\w-]+) -->\s*```\w*\n(.*?)```", readme, re.DOTALL)
+    assert len(shown) >= 4
+    for tool, name, body in shown:
+        assert documented(tool)[name] == body.strip(), f"README's {tool} {name} differs"
+
+
 def need(tool: str, package: str) -> str:
     path = shutil.which(tool)
     if path is None:
