@@ -1,0 +1,384 @@
+"""The monitor on a real livekit-server, with the SIP side played by the simulator.
+
+Every outcome is checked against the simulator's ledger, the truth of what the SIP side
+did, never against what the monitor saw. Both room modes run: `setup` (the observer
+leaves once calls are answered; the end comes from webhooks and reconciliation) and
+`whole_call` (it stays until the calls end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import resource
+import tracemalloc
+from dataclasses import dataclass
+
+import pytest
+from livekit import api, rtc
+
+from monitor.adapter import RoomObserver
+from monitor.dial import create_sip_participant
+from monitor.model import CallRecord, Direction, EndedBy, Outcome
+from monitor.service import observer_token
+from stack import Stack
+from stack.ledger import CallEnded, Ledger
+from tests.integration.conftest import (
+    JoinAnswerer,
+    JoinObserver,
+    PlaceCall,
+    SimInbound,
+    SipSetup,
+    await_call_ended,
+    sim_number,
+    unique_room,
+)
+from tests.integration.monitoring import running_monitor, wait_until
+
+pytestmark = pytest.mark.integration
+
+MODES = ["setup", "whole_call"]
+RING = 0.6  # seconds the simulated callee rings before it answers or refuses
+TALK = 1.5  # seconds an answered callee talks before it hangs up
+
+
+@dataclass(frozen=True)
+class Scenario:
+    code: str
+    name: str
+    room_outcome: Outcome  # from the room and webhooks alone
+    dial_outcome: Outcome  # with the dial-side hook's SIP code
+    hung_up_by_us: bool = False
+
+
+SCENARIOS = [
+    Scenario("00", "answer_callee_hangup", Outcome.COMPLETED, Outcome.COMPLETED),
+    Scenario("01", "answer_wait", Outcome.COMPLETED, Outcome.COMPLETED, hung_up_by_us=True),
+    Scenario("02", "busy", Outcome.REJECTED, Outcome.BUSY),
+    Scenario("03", "decline", Outcome.REJECTED, Outcome.DECLINED),
+    Scenario("04", "forbidden", Outcome.REJECTED, Outcome.FORBIDDEN),
+    Scenario("05", "not_found", Outcome.UNAVAILABLE, Outcome.NOT_FOUND),
+    Scenario("06", "unavailable", Outcome.UNAVAILABLE, Outcome.UNAVAILABLE),
+    Scenario("07", "server_error", Outcome.TRUNK_FAILURE, Outcome.TRUNK_FAILURE),
+    Scenario("08", "early_media", Outcome.COMPLETED, Outcome.COMPLETED),
+    Scenario("09", "no_answer", Outcome.NO_ANSWER, Outcome.NO_ANSWER),
+    Scenario("10", "slow_answer", Outcome.COMPLETED, Outcome.COMPLETED),
+    Scenario("11", "answer_immediately", Outcome.COMPLETED, Outcome.COMPLETED, hung_up_by_us=True),
+    Scenario("12", "server_error_500", Outcome.TRUNK_FAILURE, Outcome.TRUNK_FAILURE),
+]
+FAILURES = [s for s in SCENARIOS if s.dial_outcome is not Outcome.COMPLETED]
+
+
+# livekit-server 1.13.5 keeps only these of the reasons a client leaves with; any other
+# becomes CLIENT_INITIATED (pkg/rtc/signalling/signalhandler.go, SIP_FACTS.md).
+KEPT_CLIENT_REASONS = {"USER_UNAVAILABLE", "USER_REJECTED", "AGENT_ERROR"}
+# Reasons the server itself gives: the ledger records them as the server reported them.
+SERVER_REASONS = {"PARTICIPANT_REMOVED", "ROOM_DELETED", "ROOM_CLOSED", "SERVER_SHUTDOWN"}
+
+
+def reason_seen_in_the_room(sent: str) -> str:
+    """The disconnect reason others see for the reason the SIP side left with."""
+    if sent in KEPT_CLIENT_REASONS or sent in SERVER_REASONS:
+        return sent
+    return "CLIENT_INITIATED"
+
+
+def assert_matches_ledger(record: CallRecord, truth: CallEnded) -> None:
+    """What the monitor concluded agrees with what the SIP side did."""
+    assert record.call_id == truth.call_id
+    assert record.participant_sid == truth.participant_sid
+    assert record.trunk_id == truth.trunk_id
+    assert str(record.direction) == truth.direction
+    assert list(record.statuses) == list(truth.statuses), "status sequence"
+    answered = record.timings.answered_at is not None
+    assert answered is truth.answered
+    assert record.reason is not None
+    assert record.reason.value == reason_seen_in_the_room(truth.leave_reason)
+    # Timings: the monitor sees each change within a fraction of a second.
+    assert truth.t_start is not None
+    assert truth.t_end is not None
+    assert abs(record.timings.started_at - truth.t_start) < 0.5
+    assert record.timings.ended_at is not None
+    assert abs(record.timings.ended_at - truth.t_end) < 0.5
+    if truth.answered:
+        assert truth.t_answer is not None
+        assert record.timings.answered_at is not None
+        assert abs(record.timings.answered_at - truth.t_answer) < 0.5
+    if truth.t_ringing is not None and record.timings.ringing_at is not None:
+        assert abs(record.timings.ringing_at - truth.t_ringing) < 0.5
+
+
+async def place_and_finish(
+    place_call: PlaceCall, lkapi: api.LiveKitAPI, scenario: Scenario, room: str, ledger: Ledger
+) -> CallEnded:
+    number = sim_number(scenario.code)
+    ringing_timeout = 2.0 if scenario.name == "no_answer" else None
+    ring = 2.0 if scenario.name == "slow_answer" else RING
+    if not scenario.hung_up_by_us:
+        placed = await place_call(
+            number, room=room, ring=ring, talk=TALK, ringing_timeout=ringing_timeout
+        )
+        assert placed.ended is not None
+        return placed.ended
+    placed = await place_call(number, room=room, ring=ring, wait_for_end=False)
+    assert placed.info is not None
+    await asyncio.sleep(ring + 1.5)
+    await lkapi.room.remove_participant(
+        api.RoomParticipantIdentity(room=room, identity=placed.info.participant_identity)
+    )
+    return await await_call_ended(ledger, call_id=placed.info.sip_call_id)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+async def test_outbound_call_outcome_matches_the_ledger(
+    stack: Stack,
+    monitor_port: int,
+    lkapi: api.LiveKitAPI,
+    place_call: PlaceCall,
+    ledger: Ledger,
+    scenario: Scenario,
+    mode: str,
+) -> None:
+    async with running_monitor(stack, monitor_port, room_mode=mode) as (monitor, recorder):
+        room = unique_room("out")
+        truth = await place_and_finish(place_call, lkapi, scenario, room, ledger)
+        [record] = await recorder.wait_ended(room)
+    assert record.outcome is scenario.room_outcome
+    assert_matches_ledger(record, truth)
+    if scenario.hung_up_by_us:
+        assert record.ended_by is EndedBy.OUR_SIDE
+    states = recorder.states(record.key)
+    assert states[-1] == "ended"
+    assert len(recorder.started(room)) == 1
+    assert recorder.anomalies(room) == []
+    labels = {
+        "direction": "outbound",
+        "trunk": truth.trunk_id,
+        "outcome": str(scenario.room_outcome),
+        "reason": reason_seen_in_the_room(truth.leave_reason),
+        "ambiguous": "true" if record.ambiguity else "false",
+    }
+    assert monitor.registry.get_sample_value("call_monitor_calls_ended_total", labels) == 1
+
+
+@pytest.mark.parametrize("scenario", FAILURES, ids=[s.name for s in FAILURES])
+async def test_dial_hook_names_the_sip_failure(
+    stack: Stack,
+    monitor_port: int,
+    lkapi: api.LiveKitAPI,
+    sip_setup: SipSetup,
+    ledger: Ledger,
+    scenario: Scenario,
+) -> None:
+    async with running_monitor(stack, monitor_port) as (_, recorder):
+        room = unique_room("dial")
+        request = api.CreateSIPParticipantRequest(
+            sip_trunk_id=sip_setup.outbound_trunk_id,
+            sip_call_to=sim_number(scenario.code),
+            room_name=room,
+            participant_identity="callee",
+            wait_until_answered=True,
+            headers={"X-Sim-Ring": str(RING)},
+        )
+        if scenario.name == "no_answer":
+            request.ringing_timeout.FromSeconds(2)
+        with pytest.raises(api.TwirpError) as raised:
+            await create_sip_participant(
+                lkapi,
+                request,
+                monitor_url=f"http://127.0.0.1:{monitor_port}",
+                api_key=stack.api_key,
+                api_secret=stack.api_secret,
+            )
+        truth = await await_call_ended(ledger, room=room, participant_identity="callee")
+        [record] = await recorder.wait_ended(room)
+    assert record.outcome is scenario.dial_outcome
+    assert record.sip_status_code == truth.sip_status_code
+    code = getattr(raised.value, "sip_status_code", None)
+    assert code == truth.sip_status_code
+    assert_matches_ledger(record, truth)
+    assert recorder.anomalies(room) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_inbound_calls_answered_and_abandoned(
+    stack: Stack,
+    monitor_port: int,
+    sip_setup: SipSetup,
+    sim_inbound: SimInbound,
+    answerer: JoinAnswerer,
+    ledger: Ledger,
+    mode: str,
+) -> None:
+    async with running_monitor(stack, monitor_port, room_mode=mode) as (_, recorder):
+        answered = await sim_inbound(
+            **{"from": "+15557770001", "to": sip_setup.number},
+            scenario="answer_caller_hangup",
+            talk=TALK,
+        )
+        await answerer(answered["room"])
+        abandoned = await sim_inbound(
+            **{"from": "+15557770002", "to": sip_setup.number},
+            scenario="caller_gives_up",
+            give_up_after=1.5,
+        )
+        truths = {}
+        for call in (answered, abandoned):
+            truths[call["call_id"]] = await await_call_ended(ledger, call_id=call["call_id"])
+        [done] = await recorder.wait_ended(answered["room"])
+        [gave_up] = await recorder.wait_ended(abandoned["room"])
+    assert (done.direction, done.outcome, done.ended_by) == (
+        Direction.INBOUND,
+        Outcome.COMPLETED,
+        EndedBy.FAR_END,
+    )
+    assert gave_up.direction is Direction.INBOUND
+    assert gave_up.outcome is Outcome.ABANDONED
+    for record in (done, gave_up):
+        assert_matches_ledger(record, truths[record.call_id])
+
+
+async def test_a_dial_failing_before_it_publishes_is_counted_at_once(
+    stack: Stack, monitor_port: int, place_call: PlaceCall
+) -> None:
+    # 404 leaves before its track is published: livekit-server tells the room ~3 s
+    # late; the webhook tells the monitor at once.
+    async with running_monitor(stack, monitor_port, settle_seconds="0.2") as (_, recorder):
+        room = unique_room("fast404")
+        placed = await place_call(sim_number("05"), room=room)
+        assert placed.ended is not None
+        assert placed.ended.t_end is not None
+        [record] = await recorder.wait_ended(room, timeout=10)
+        ended_effect_at = next(e.at for e in recorder.effects if getattr(e, "call", None) is record)
+    assert record.outcome is Outcome.UNAVAILABLE
+    assert record.reason is not None
+    assert record.reason.value == "USER_UNAVAILABLE"
+    assert ended_effect_at - placed.ended.t_end < 1.0
+
+
+async def test_monitor_started_mid_call_picks_it_up_in_its_state(
+    stack: Stack,
+    monitor_port: int,
+    lkapi: api.LiveKitAPI,
+    place_call: PlaceCall,
+    ledger: Ledger,
+) -> None:
+    room = unique_room("late")
+    placed = await place_call(sim_number("01"), room=room, ring=RING, wait_for_end=False)
+    assert placed.info is not None
+    await asyncio.sleep(RING + 1.0)  # answered before any monitor runs
+    async with running_monitor(stack, monitor_port) as (_, recorder):
+        picked = await recorder.wait_state(room, "active", timeout=10)
+        assert picked.timings_approximate
+        await lkapi.room.remove_participant(
+            api.RoomParticipantIdentity(room=room, identity=placed.info.participant_identity)
+        )
+        truth = await await_call_ended(ledger, call_id=placed.info.sip_call_id)
+        [record] = await recorder.wait_ended(room)
+    assert record.outcome is Outcome.COMPLETED
+    assert record.ended_by is EndedBy.OUR_SIDE
+    assert record.call_id == truth.call_id
+
+
+async def test_restarted_mid_call_the_monitor_loses_no_call_and_counts_none_twice(
+    stack: Stack,
+    monitor_port: int,
+    place_call: PlaceCall,
+    ledger: Ledger,
+) -> None:
+    room = unique_room("restart")
+    async with running_monitor(stack, monitor_port) as (_, first):
+        task = asyncio.ensure_future(place_call(sim_number("00"), room=room, ring=RING, talk=4.0))
+        await first.wait_state(room, "active", timeout=10)
+    # The first monitor is gone mid-call; a new one takes over.
+    async with running_monitor(stack, monitor_port) as (_, second):
+        placed = await task
+        [record] = await second.wait_ended(room)
+    assert first.ended(room) == []
+    assert len(second.started(room)) == 1
+    assert placed.ended is not None
+    assert record.outcome is Outcome.COMPLETED
+    assert record.call_id == placed.ended.call_id
+
+
+async def test_observer_is_invisible_and_does_not_keep_a_room_open(
+    stack: Stack, lkapi: api.LiveKitAPI, observe: JoinObserver, place_call: PlaceCall
+) -> None:
+    from monitor.config import load_settings
+
+    settings = load_settings({}, stack.env())
+    room = unique_room("hidden")
+    await lkapi.room.create_room(
+        api.CreateRoomRequest(name=room, empty_timeout=2, departure_timeout=2)
+    )
+    watcher = await observe(room)
+    ended: list[object] = []
+    observer = RoomObserver(
+        room, stack.ws_url, observer_token(settings, room, "call-monitor-test"), ended.append
+    )
+    await observer.connect()
+    try:
+        await asyncio.sleep(1.0)
+        # The plain participant never saw the monitor's observer join.
+        assert all("call-monitor" not in (seen.identity or "") for seen in watcher.seen)
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+        visible = [p.identity for p in listed.participants if not p.permission.hidden]
+        assert "call-monitor-test" not in visible
+        await watcher.close()
+        # With only the observer left, the room still closes on its own timeout.
+        await wait_until(lambda: bool(ended), timeout=20, what="room closed")
+    finally:
+        await observer.close()
+    rooms = await lkapi.room.list_rooms(api.ListRoomsRequest(names=[room]))
+    assert list(rooms.rooms) == []
+    assert [type(e).__name__ for e in ended] == ["RoomEnded"]
+
+
+async def test_fifty_rooms_at_once_repeatedly_leave_no_observer_task_or_memory_behind(
+    stack: Stack, monitor_port: int, place_call: PlaceCall
+) -> None:
+    """Nothing of ours outlives a room: observers, rtc.Room objects, tasks, Python memory.
+
+    The process's RSS still grows by about 1.2 MiB per room joined: native memory of
+    the livekit FFI library (livekit 1.2.1), reproduced without the monitor by plain
+    rtc.Room connect/disconnect cycles (python-sdks issue #449). It is measured and
+    printed here, not asserted: README "Known limits".
+    """
+    tracemalloc.start()
+    try:
+        async with running_monitor(stack, monitor_port, room_mode="setup") as (monitor, recorder):
+            baseline_tasks = len(asyncio.all_tasks())
+            python_mib, rss = [], []
+            for round_ in range(3):
+                rooms = [unique_room(f"many{round_}") for _ in range(50)]
+                calls = [
+                    place_call(sim_number("00"), room=room, ring=1.0, talk=1.0, end_timeout=90)
+                    for room in rooms
+                ]
+                await asyncio.gather(*calls)
+                for room in rooms:
+                    await recorder.wait_ended(room, timeout=60)
+                await wait_until(lambda: not monitor.rooms, timeout=30, what="observers gone")
+                gc.collect()
+                assert monitor.book.live_calls() == []
+                assert len(asyncio.all_tasks()) <= baseline_tasks + 2
+                assert [o for o in gc.get_objects() if isinstance(o, rtc.Room)] == []
+                python_mib.append(tracemalloc.get_traced_memory()[0] / 2**20)
+                rss.append(rss_mib())
+            ended = recorder.ended()
+    finally:
+        tracemalloc.stop()
+    odd = [f"{r.key} {r.outcome} {r.statuses}" for r in ended if r.outcome != "completed"]
+    if odd:
+        pytest.fail(f"{len(odd)} calls did not end completed: {odd}")
+    assert len(ended) == 150
+    # Python memory is flat once the first round warmed up (the recorder keeps every
+    # effect of the test, about 10 KiB a call, hence the allowance).
+    assert python_mib[2] - python_mib[1] < 3.0, python_mib
+    print(f"RSS after each round of 50 rooms: {[round(r) for r in rss]} MiB")
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
