@@ -46,6 +46,7 @@ Part = Literal["redis", "livekit", "sipsim"]
 """The names of the parts a stack runs, in start order."""
 PARTS: tuple[Part, ...] = get_args(Part)
 
+_START_ATTEMPTS = 3
 _live_stacks: set[Stack] = set()
 _live_lock = threading.Lock()
 
@@ -188,13 +189,21 @@ class Stack:
             else _installed_binaries(config.sip_simulator)
         )
         built = time.monotonic()
-        stack = cls(config, binaries, report=report)
-        stack.timings["build"] = built - t0
-        try:
-            stack._start_all()
-        except BaseException:
-            stack.stop()
-            raise
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            stack = cls(config, binaries, report=report)
+            stack.timings["build"] = built - t0
+            try:
+                stack._start_all()
+                break
+            except StackStartError as err:
+                stack.stop()
+                # Another process may take a chosen port before our server binds it.
+                if attempt == _START_ATTEMPTS or "address already in use" not in str(err).lower():
+                    raise
+                report(f"{err.part} found a port taken; starting again on other ports")
+            except BaseException:
+                stack.stop()
+                raise
         stack.timings["total"] = time.monotonic() - t0
         report(
             f"stack {stack.run_id} up in {stack.timings['total']:.1f} s "

@@ -9,6 +9,7 @@ JSON, which is valid YAML and so a valid livekit-server config file.
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import socket
 import threading
@@ -70,29 +71,49 @@ class StackPorts:
 
 _handed_out: set[tuple[str, int]] = set()
 _handed_out_lock = threading.Lock()
+_random = random.SystemRandom()
 
 
-def _free_port(kind: int) -> int:
-    """A port the kernel says is free for `kind` (SOCK_STREAM or SOCK_DGRAM) on loopback."""
+def _ephemeral_start() -> int:
+    """Where the kernel's ephemeral ports (outgoing connections, bind to 0) begin."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports are drawn below the ephemeral range: a port bind(0) hands out is one that the
+# next outgoing connection (WebRTC, redis, HTTP) may take before the server binds it.
+_PORT_LOW = 10000
+_PORT_HIGH = max(_PORT_LOW + 1000, _ephemeral_start() - 1)
+
+
+def _is_free(port: int, kind: int) -> bool:
+    """True if `port` can be bound on every interface (so on loopback too) for `kind`."""
     with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A free loopback port (TCP by default) not handed out before in this process.
+    """A free port (TCP by default) not handed out before in this process.
 
-    Use it for a service that must be known before the stack starts, such as the
-    receiver of the stack's webhooks: the stack will not pick the same port.
+    Ports are drawn at random below the kernel's ephemeral range and checked on all
+    interfaces (livekit-server binds its ICE-TCP port on all of them). Use it for a
+    service that must be known before the stack starts, such as the receiver of the
+    stack's webhooks: the stack will not pick the same port.
     """
+    proto = "udp" if kind == socket.SOCK_DGRAM else "tcp"
     with _handed_out_lock:
-        while True:
-            port = _free_port(kind)
-            key = ("udp" if kind == socket.SOCK_DGRAM else "tcp", port)
-            if key not in _handed_out:
-                _handed_out.add(key)
+        for _ in range(1000):
+            port = _random.randint(_PORT_LOW, _PORT_HIGH)
+            if (proto, port) not in _handed_out and _is_free(port, kind):
+                _handed_out.add((proto, port))
                 return port
+    raise OSError(f"no free {proto} port found between {_PORT_LOW} and {_PORT_HIGH}")
 
 
 def free_ports() -> StackPorts:
