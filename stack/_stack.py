@@ -96,13 +96,10 @@ class Stack:
         self,
         config: StackConfig,
         binaries: Binaries,
-        *,
-        report: Reporter = stderr_reporter,
     ) -> None:
         """Prepare a stack (configs written, nothing started); prefer `Stack.start`."""
         self.config = config
         self.binaries = binaries
-        self.report = report
         self.run_id = _new_run_id()
         self.logs_dir = (config.run_dir or STATE_DIR / self.run_id).resolve()
         self.ports: StackPorts = free_ports()
@@ -190,7 +187,7 @@ class Stack:
         )
         built = time.monotonic()
         for attempt in range(1, _START_ATTEMPTS + 1):
-            stack = cls(config, binaries, report=report)
+            stack = cls(config, binaries)
             stack.timings["build"] = built - t0
             try:
                 stack._start_all()
@@ -365,7 +362,11 @@ class Stack:
 
     def _argv(self, part: Part) -> list[str]:
         if part == "redis":
-            return [str(self.binaries.redis_server), str(self.redis_config_path)]
+            return [
+                str(self.binaries.redis_server),
+                str(self.redis_config_path),
+                *self.config.redis_args,
+            ]
         if part == "livekit":
             return [str(self.binaries.livekit_server), "--config", str(self.livekit_config_path)]
         if self.binaries.sipsim is None:
