@@ -258,6 +258,10 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # The WebRTC SDK logs every room connection at info; below debug only its warnings
+    # and errors are the operator's business.
+    sdk_level = level if level <= logging.DEBUG else max(level, logging.WARNING)
+    logging.getLogger("livekit").setLevel(sdk_level)
 
 
 # ---- the call log sink -------------------------------------------------------------------
