@@ -142,6 +142,8 @@ func run() int {
 		log.Warn("no --ws-url/--api-key/--api-secret: calls need a token and ws url in the request, which livekit-server 1.13.5 does not send")
 	}
 
+	go s.collectClosedSockets(30 * time.Second)
+
 	httpSrv := &http.Server{Handler: controlHandler(s), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -54,6 +55,26 @@ type Service struct {
 
 	mu    sync.Mutex
 	calls map[string]*activeCall
+
+	endedSinceGC atomic.Int64
+}
+
+// collectClosedSockets runs a GC now and then after calls ended: some sockets
+// of closed peer connections are only closed by their finalizers (pion), and
+// with a large heap the GC may not run for a long time.
+func (s *Service) collectClosedSockets(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopCh:
+			return
+		case <-t.C:
+			if s.endedSinceGC.Swap(0) >= 20 {
+				runtime.GC()
+			}
+		}
+	}
 }
 
 func (s *Service) stopping() bool {
@@ -95,6 +116,7 @@ func (s *Service) removeCall(id string) {
 	_, ok := s.calls[id]
 	delete(s.calls, id)
 	s.mu.Unlock()
+	s.endedSinceGC.Add(1)
 	if ok && s.srv != nil {
 		s.srv.DeregisterTransferSIPParticipantTopic(id)
 	}
