@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.config import load_settings
 from monitor.model import Anomaly, CallEnded, CallRecord, CallStarted, Effect, StateChanged
-from monitor.service import Monitor
+from monitor.service import EffectSink, Monitor
 from stack import Stack
 
 
@@ -124,12 +124,12 @@ def monitor_settings(stack: Stack, port: int, **overrides: str) -> Mapping[str, 
 
 @contextlib.asynccontextmanager
 async def running_monitor(
-    stack: Stack, port: int, **overrides: str
+    stack: Stack, port: int, sinks: Sequence[EffectSink] = (), **overrides: str
 ) -> AsyncIterator[tuple[Monitor, EffectRecorder]]:
     """A monitor on the stack, stopped (gracefully) when the block ends."""
     settings = load_settings(monitor_settings(stack, port, **overrides), stack.env())
     recorder = EffectRecorder()
-    monitor = Monitor(settings, registry=CollectorRegistry(), sinks=[recorder])
+    monitor = Monitor(settings, registry=CollectorRegistry(), sinks=[recorder, *sinks])
     stop = asyncio.Event()
     started = asyncio.Event()
     task = asyncio.create_task(monitor.run(stop, started), name="monitor-under-test")

@@ -11,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import resource
+import shutil
+import subprocess
 import tracemalloc
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
+import structlog
 from livekit import api, rtc
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.adapter import RoomObserver
 from monitor.dial import create_sip_participant
+from monitor.logs import CallLog
 from monitor.model import CallRecord, Direction, EndedBy, Outcome
 from monitor.service import observer_token
 from stack import Stack
@@ -237,6 +243,56 @@ async def test_inbound_calls_answered_and_abandoned(
     assert gave_up.outcome is Outcome.ABANDONED
     for record in (done, gave_up):
         assert_matches_ledger(record, truths[record.call_id])
+
+
+async def test_real_calls_show_in_metrics_over_http_and_in_the_logs(
+    stack: Stack, monitor_port: int, place_call: PlaceCall
+) -> None:
+    calls = {"00": "completed", "02": "rejected", "05": "unavailable"}
+    numbers = {code: sim_number(code) for code in calls}
+    with structlog.testing.capture_logs() as logs:
+        async with running_monitor(stack, monitor_port, sinks=[CallLog()]) as (_, recorder):
+            rooms = {code: unique_room(f"seen{code}") for code in calls}
+            await asyncio.gather(
+                *(
+                    place_call(numbers[code], room=rooms[code], ring=RING, talk=TALK)
+                    for code in calls
+                )
+            )
+            for room in rooms.values():
+                await recorder.wait_ended(room)
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{monitor_port}/metrics"
+                async with http.get(url) as response:
+                    assert response.status == 200
+                    exposition = await response.text()
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: install the Debian package `prometheus`"
+    checked = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    counted: dict[str, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.name == "call_monitor_calls_ended":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    outcome = sample.labels["outcome"]
+                    counted[outcome] = counted.get(outcome, 0) + sample.value
+    assert counted == {outcome: 1 for outcome in calls.values()}
+    summaries = [line for line in logs if line["event"] == "call_ended"]
+    assert sorted(line["outcome"] for line in summaries) == sorted(calls.values())
+    everything = repr(logs)
+    for number in numbers.values():
+        assert number not in everything
+        assert number[1:] not in everything
+    for line in summaries:
+        assert line["phone_number"].startswith("+1")
+        assert "*" in line["phone_number"]
 
 
 async def test_a_dial_failing_before_it_publishes_is_counted_at_once(

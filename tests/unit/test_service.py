@@ -1,0 +1,67 @@
+"""The service's pieces that need no LiveKit: the observer's token and room policy."""
+
+from __future__ import annotations
+
+from livekit import api
+
+from monitor.config import load_settings
+from monitor.model import Reason
+from monitor.service import Monitor, observer_token
+from tests.unit.script import CallScript
+
+KEY = "APIunit"
+SECRET = "unit-test-secret-that-is-long-enough-0123456789"
+ENV = {"LIVEKIT_URL": "ws://127.0.0.1:1", "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET}
+
+
+def test_the_observer_token_carries_the_least_grants_that_work() -> None:
+    settings = load_settings({}, ENV)
+    claims = api.TokenVerifier(KEY, SECRET).verify(observer_token(settings, "call-1", "obs"))
+    grants = claims.video
+    assert grants is not None
+    assert claims.identity == "obs"
+    assert claims.kind == "agent"
+    assert (grants.room_join, grants.room, grants.hidden, grants.agent) == (
+        True,
+        "call-1",
+        True,
+        True,
+    )
+    assert grants.can_publish is False
+    assert grants.can_publish_data is False
+    assert grants.can_subscribe is False
+    assert grants.can_update_own_metadata is False
+    assert not grants.room_admin
+    assert not grants.room_create
+    assert not grants.room_list
+    assert not grants.recorder
+
+
+def feed(monitor: Monitor, script: CallScript) -> None:
+    for event in script.events:
+        monitor.process(event)
+
+
+def test_setup_mode_watches_a_room_only_while_a_call_is_set_up() -> None:
+    monitor = Monitor(load_settings({"room_mode": "setup"}, ENV))
+    script = CallScript().seen(0.0, "dialing")
+    feed(monitor, script)
+    assert monitor.room_needs_observer("call-test")
+    feed(monitor, CallScript().to(1.0, "ringing"))
+    assert monitor.room_needs_observer("call-test")
+    feed(monitor, CallScript().to(2.0, "active"))
+    assert not monitor.room_needs_observer("call-test")
+
+
+def test_whole_call_mode_watches_until_the_call_ends() -> None:
+    monitor = Monitor(load_settings({"room_mode": "whole_call", "settle_seconds": "0"}, ENV))
+    feed(monitor, CallScript().seen(0.0, "dialing").to(2.0, "active"))
+    assert monitor.room_needs_observer("call-test")
+    feed(monitor, CallScript().left(9.0, Reason.CLIENT_INITIATED, status="hangup"))
+    assert not monitor.room_needs_observer("call-test")
+
+
+def test_without_webhooks_the_default_mode_stays_for_the_whole_call() -> None:
+    assert load_settings({"webhooks": "false"}, ENV).stays_whole_call
+    assert not load_settings({}, ENV).stays_whole_call
+    assert load_settings({"room_mode": "whole_call"}, ENV).stays_whole_call
