@@ -113,8 +113,8 @@ def livekit_server_version(binary: Path = LIVEKIT_BINARY) -> str | None:
 def ensure_livekit_server(report: Reporter = stderr_reporter) -> Path:
     """Return bin/server at the pinned version, building it with `go install` if needed.
 
-    A cold build takes about 2.5 minutes on 2 cores; progress lines are reported every
-    few seconds. Another process's `go install` of the same module is waited for.
+    A cold build takes 2.5 to 5.5 minutes on 2 cores (docs/stack.md); a progress line
+    is reported every 10 s. Another process's `go install` of it is waited for.
     """
     if livekit_server_version() == LIVEKIT_VERSION:
         return LIVEKIT_BINARY
@@ -127,7 +127,7 @@ def ensure_livekit_server(report: Reporter = stderr_reporter) -> Path:
         log = STATE_DIR / "build-livekit-server.log"
         report(
             f"building livekit-server {LIVEKIT_VERSION} with go install "
-            f"(about 2.5 min cold); log: {log}"
+            f"(2.5 to 5.5 min on 2 cores); log: {log}"
         )
         BIN_DIR.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GOBIN": str(BIN_DIR)}
