@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 __all__ = ["SETTINGS", "ConfigError", "Setting", "Settings", "describe", "load_settings"]
@@ -43,40 +43,39 @@ def _text(value: str) -> str:
     return value.strip()
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ValueError("must be an integer from 0 to 65535") from None
-    if not 0 <= port <= 65535:
-        raise ValueError("must be an integer from 0 to 65535")
-    return port
+_Number = TypeVar("_Number", int, float)
 
 
-def _bounded_float(low: float, high: float) -> Callable[[str], float]:
-    def parse(value: str) -> float:
+def _bounded(
+    convert: Callable[[str], _Number], low: _Number, high: _Number
+) -> Callable[[str], _Number]:
+    """A parser for a number within [low, high]; its error says the range."""
+    if convert is int:
+        message = f"must be an integer from {low} to {high}"
+    else:
+        message = f"must be a number from {low:g} to {high:g}"
+
+    def parse(value: str) -> _Number:
         try:
-            number = float(value)
+            number = convert(value)
         except ValueError:
-            raise ValueError(f"must be a number from {low:g} to {high:g}") from None
+            raise ValueError(message) from None
         if not low <= number <= high:
-            raise ValueError(f"must be a number from {low:g} to {high:g}")
+            raise ValueError(message)
         return number
 
     return parse
 
 
 def _bounded_int(low: int, high: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise ValueError(f"must be an integer from {low} to {high}") from None
-        if not low <= number <= high:
-            raise ValueError(f"must be an integer from {low} to {high}")
-        return number
+    return _bounded(int, low, high)
 
-    return parse
+
+def _bounded_float(low: float, high: float) -> Callable[[str], float]:
+    return _bounded(float, low, high)
+
+
+_port = _bounded_int(0, 65535)
 
 
 def _choice(*options: str) -> Callable[[str], str]:
