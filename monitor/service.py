@@ -287,13 +287,17 @@ class Monitor:
         """Return when the observer should leave: no longer needed, or lost."""
         lost = slot.lost
         while not lost.is_set():
-            if not self.room_needs_observer(room):
-                # Stay a short grace: a second call may start, or a late change arrive.
-                await self._sleep_or_wake(slot, self.settings.answer_grace_seconds)
-                if not self.room_needs_observer(room) or lost.is_set():
+            if self.room_needs_observer(room):
+                slot.wake.clear()
+                await slot.wake.wait()
+                continue
+            # Stay a short grace: a second call may start, or a late change arrive.
+            leave_at = time.monotonic() + self.settings.answer_grace_seconds
+            while not lost.is_set() and not self.room_needs_observer(room):
+                left = leave_at - time.monotonic()
+                if left <= 0:
                     return
-            slot.wake.clear()
-            await slot.wake.wait()
+                await self._sleep_or_wake(slot, left)
 
     @staticmethod
     async def _sleep_or_wake(slot: _RoomSlot, seconds: float) -> None:
