@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import os
 import resource
 import shutil
 import subprocess
+import sys
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -438,3 +443,60 @@ async def test_fifty_rooms_at_once_repeatedly_leave_no_observer_task_or_memory_b
 def rss_mib() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+async def test_a_monitor_killed_mid_call_and_restarted_counts_the_call_once(
+    stack: Stack, monitor_port: int, place_call: PlaceCall, tmp_path: Path
+) -> None:
+    """SIGKILL, as an OOM killer or a node failure would: no shutdown, no drain."""
+    env = {
+        **os.environ,
+        **stack.env(),
+        "CALL_MONITOR_HTTP_PORT": str(monitor_port),
+        "CALL_MONITOR_LOG_FORMAT": "json",
+        "CALL_MONITOR_RECONCILE_SECONDS": "1",
+    }
+
+    def start(log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "monitor", "run"], env=env, stdout=out, stderr=out
+            )
+
+    def events(log: Path) -> list[dict[str, object]]:
+        lines = log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    async def wait_log(log: Path, what: Callable[[dict[str, object]], bool]) -> None:
+        await wait_until(lambda: any(what(e) for e in events(log)), 30, f"{log.name}")
+
+    room = unique_room("killed")
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first = start(first_log)
+    try:
+        await wait_log(first_log, lambda e: e.get("event") == "readiness_changed")
+        call = asyncio.ensure_future(place_call(sim_number("00"), room=room, ring=RING, talk=5.0))
+        await wait_log(first_log, lambda e: e.get("room") == room and e.get("state") == "active")
+        first.kill()
+        first.wait()
+        second = start(second_log)
+        try:
+            placed = await call
+            assert placed.ended is not None
+            await wait_log(
+                second_log, lambda e: e.get("event") == "call_ended" and e.get("room") == room
+            )
+        finally:
+            second.terminate()
+            second.wait(timeout=15)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    ended_first = [e for e in events(first_log) if e.get("event") == "call_ended"]
+    ended_second = [
+        e for e in events(second_log) if e.get("event") == "call_ended" and e.get("room") == room
+    ]
+    assert ended_first == []
+    assert len(ended_second) == 1
+    assert ended_second[0]["call_id"] == placed.ended.call_id
+    assert ended_second[0]["outcome"] == "completed"
