@@ -162,21 +162,34 @@ def parse_line(line: str | bytes) -> LedgerEvent:
 
 
 class Ledger:
-    """An incremental reader of one ledger file (it may not exist yet)."""
+    """An incremental reader of one ledger file (it may not exist yet).
+
+    Each line is parsed once; `call_ended` records are kept and indexed by call id
+    and by room, so many coroutines can poll one `Ledger` cheaply (a poll that finds
+    nothing new costs one `stat`).
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._reset()
+
+    def _reset(self) -> None:
         self._offset = 0
         self._partial = b""
         self._events: list[LedgerEvent] = []
+        self._ended: list[CallEnded] = []
+        self._ended_by_call: dict[str, CallEnded] = {}
+        self._ended_by_room: dict[str, list[CallEnded]] = {}
 
     def refresh(self) -> list[LedgerEvent]:
         """Read the lines appended since the last read; return the new events."""
         try:
+            size = self.path.stat().st_size
+            if size == self._offset:
+                return []
+            if size < self._offset:  # truncated or replaced: start over
+                self._reset()
             with self.path.open("rb") as fh:
-                fh.seek(0, 2)
-                if fh.tell() < self._offset:  # truncated or replaced: start over
-                    self._offset, self._partial, self._events = 0, b"", []
                 fh.seek(self._offset)
                 chunk = fh.read()
         except FileNotFoundError:
@@ -186,16 +199,23 @@ class Ledger:
         *complete, self._partial = data.split(b"\n")
         new = [parse_line(line) for line in complete if line.strip()]
         self._events.extend(new)
+        for event in new:
+            if event.event == "call_ended":
+                ended = CallEnded.from_event(event)
+                self._ended.append(ended)
+                self._ended_by_call[ended.call_id] = ended
+                self._ended_by_room.setdefault(ended.room, []).append(ended)
         return new
 
     def events(self, call_id: str | None = None) -> list[LedgerEvent]:
-        """All events read so far (after a refresh), optionally of one call."""
+        """All events in the file so far, optionally of one call."""
         self.refresh()
         return [e for e in self._events if call_id is None or e.call_id == call_id]
 
     def calls_ended(self) -> list[CallEnded]:
-        """Every `call_ended` record in the file, in order."""
-        return [CallEnded.from_event(e) for e in self.events() if e.event == "call_ended"]
+        """Every `call_ended` record in the file so far, in order."""
+        self.refresh()
+        return list(self._ended)
 
     def find_call_ended(
         self,
@@ -205,14 +225,20 @@ class Ledger:
         participant_identity: str | None = None,
     ) -> CallEnded | None:
         """The last `call_ended` matching every given field, or None."""
-        found = [
-            c
-            for c in self.calls_ended()
-            if (call_id is None or c.call_id == call_id)
-            and (room is None or c.room == room)
-            and (participant_identity is None or c.participant_identity == participant_identity)
-        ]
-        return found[-1] if found else None
+        self.refresh()
+        if call_id is not None:
+            found = self._ended_by_call.get(call_id)
+            candidates = [found] if found is not None else []
+        elif room is not None:
+            candidates = self._ended_by_room.get(room, [])
+        else:
+            candidates = self._ended
+        for ended in reversed(candidates):
+            if (room is None or ended.room == room) and (
+                participant_identity is None or ended.participant_identity == participant_identity
+            ):
+                return ended
+        return None
 
     def wait_call_ended(
         self,
