@@ -8,9 +8,11 @@ connecting it seeds the calls from the participants already present, which get n
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from livekit import rtc
@@ -32,6 +34,18 @@ __all__ = ["ObserverHooks", "RoomObserver", "participant_of"]
 _SIP = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
 # The observer's own end means the room is gone only for these reasons.
 _ROOM_GONE = frozenset({Reason.ROOM_DELETED, Reason.ROOM_CLOSED})
+
+
+# Disconnects of abandoned connects, kept referenced until they are done.
+_leaving: set[asyncio.Task[None]] = set()
+
+
+def _leave_once_connected(room: rtc.Room, connecting: asyncio.Future[None]) -> None:
+    if connecting.cancelled() or connecting.exception() is not None:
+        return
+    task = asyncio.ensure_future(room.disconnect())
+    _leaving.add(task)
+    task.add_done_callback(_leaving.discard)
 
 
 def participant_of(remote: rtc.Participant) -> Participant:
@@ -69,16 +83,23 @@ class RoomObserver:
     _handlers: list[tuple[str, Callable[..., Any]]] = field(default_factory=list)
     _closing: bool = False
 
-    async def connect(self) -> None:
-        """Join the room hidden; raises on failure (the caller sets the deadline with
-        asyncio.timeout), leaving nothing behind."""
+    async def connect(self, within: float) -> None:
+        """Join the room hidden within `within` seconds; raises on failure or timeout,
+        leaving nothing behind."""
         room = rtc.Room()
         self.room = room
         self._subscribe(room)
+        options = rtc.RoomOptions(auto_subscribe=False)
+        connecting = asyncio.ensure_future(room.connect(self.url, self.token, options))
         try:
-            await room.connect(self.url, self.token, rtc.RoomOptions(auto_subscribe=False))
-            self.room_sid = await room.sid
+            # Shielded: cancelling the SDK's connect midway leaves its FFI server waiting
+            # for a request that never comes; it then panics, and the SDK SIGTERMs the
+            # whole process (livekit 1.2.1, rtc/_ffi_client.py). A connect that is late
+            # or abandoned runs to its end and is then left (_leave_once_connected).
+            await asyncio.wait_for(asyncio.shield(connecting), within)
+            self.room_sid = await asyncio.wait_for(room.sid, within)
         except BaseException:
+            connecting.add_done_callback(partial(_leave_once_connected, room))
             await self.close()
             raise
         self._seed(Source.ROOM)

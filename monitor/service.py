@@ -271,8 +271,7 @@ class Monitor:
             if not self.room_needs_observer(room):
                 return None
             try:
-                async with asyncio.timeout(self.settings.join_timeout_seconds):
-                    await observer.connect()
+                await observer.connect(self.settings.join_timeout_seconds)
             except Exception as error:
                 self.metrics.room_connect(False)
                 log.warning("room_join_failed", room=room, error=f"{type(error).__name__}: {error}")

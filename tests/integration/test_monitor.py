@@ -378,7 +378,7 @@ async def test_observer_is_invisible_and_does_not_keep_a_room_open(
     observer = RoomObserver(
         room, stack.ws_url, observer_token(settings, room, "call-monitor-test"), ended.append
     )
-    await observer.connect()
+    await observer.connect(10.0)
     try:
         await asyncio.sleep(1.0)
         # The plain participant never saw the monitor's observer join.
@@ -500,3 +500,26 @@ async def test_a_monitor_killed_mid_call_and_restarted_counts_the_call_once(
     assert len(ended_second) == 1
     assert ended_second[0]["call_id"] == placed.ended.call_id
     assert ended_second[0]["outcome"] == "completed"
+
+
+async def test_an_abandoned_join_neither_brings_the_process_down_nor_stays(
+    stack: Stack, lkapi: api.LiveKitAPI
+) -> None:
+    """A join that times out is left to finish, then left: cancelling the SDK's connect
+    midway makes its FFI panic after a few seconds, and the SDK then SIGTERMs the whole
+    process (this test's process, were it so)."""
+    from monitor.config import load_settings
+
+    settings = load_settings({}, stack.env())
+    room = unique_room("abandoned")
+    await lkapi.room.create_room(api.CreateRoomRequest(name=room, empty_timeout=60))
+    for attempt in range(3):
+        identity = f"call-monitor-abandoned-{attempt}"
+        observer = RoomObserver(
+            room, stack.ws_url, observer_token(settings, room, identity), lambda e: None
+        )
+        with pytest.raises(TimeoutError):
+            await observer.connect(0.05)
+    await asyncio.sleep(15)  # past the FFI's wait for the ready request
+    listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+    assert [p.identity for p in listed.participants] == []
