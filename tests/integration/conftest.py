@@ -28,7 +28,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -46,6 +46,8 @@ TRUNK_NUMBER = "+15550000000"
 OUTBOUND_TRUNK_ADDRESS = "127.0.0.1:5090"
 """Where the outbound trunk points; the simulator takes every call whatever it says."""
 DISPATCH_ROOM_PREFIX = "call-"
+
+T = TypeVar("T")
 
 _numbers = itertools.count(1000)
 
@@ -313,6 +315,26 @@ class Seen:
         return line
 
 
+async def _first_match(
+    items: list[T],
+    changed: asyncio.Event,
+    predicate: Callable[[T], bool],
+    timeout: float,  # noqa: ASYNC109 - the callers turn None into a test failure
+) -> T | None:
+    """The first of `items` (a list others append to, setting `changed`) that matches,
+    waiting up to `timeout` s for it; None if none came."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                for item in items:
+                    if predicate(item):
+                        return item
+                changed.clear()
+                await changed.wait()
+    except TimeoutError:
+        return None
+
+
 class RoomObserver:
     """A hidden, non-publishing, non-subscribing participant that records room events.
 
@@ -422,19 +444,13 @@ class RoomObserver:
         timeout: float = 30.0,  # noqa: ASYNC109 - fails the test, listing what was seen
     ) -> Seen:
         """The first record (already seen or coming) that matches, or fail the test."""
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    for seen in self.seen:
-                        if predicate(seen):
-                            return seen
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
+        found = await _first_match(self.seen, self._changed, predicate, timeout)
+        if found is None:
             pytest.fail(
                 f"observer in {self.room_name} did not see the awaited event in {timeout:.0f} s; "
                 f"saw: {[s.as_trace_line() for s in self.seen]}"
             )
+        return found
 
     async def wait_left(self, identity: str, timeout: float = 30.0) -> Seen:  # noqa: ASYNC109
         """Wait until `identity` is seen leaving (or the room closing under us)."""
@@ -578,16 +594,10 @@ class WebhookRecorder:
         timeout: float = 30.0,  # noqa: ASYNC109 - fails the test, listing what came
     ) -> dict[str, Any]:
         """The first webhook (already received or coming) that matches, or fail the test."""
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    for line in self.received:
-                        if predicate(line):
-                            return line
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
+        found = await _first_match(self.received, self._changed, predicate, timeout)
+        if found is None:
             pytest.fail(f"no such webhook within {timeout:.0f} s; got: {self.received}")
+        return found
 
 
 @pytest_asyncio.fixture

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -33,9 +35,8 @@ from tests.integration.conftest import (
 )
 
 
-def _processes_in_groups(pgids: set[int]) -> list[int]:
-    """Pids of live processes whose process group is one of `pgids`."""
-    found = []
+def _processes() -> Iterator[tuple[int, int, int, str]]:
+    """(pid, parent pid, process group, state) of every process, from /proc."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -43,11 +44,18 @@ def _processes_in_groups(pgids: set[int]) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp in pgids and state != "Z":
-            found.append(int(entry.name))
-    return found
+        state, ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
+        yield int(entry.name), int(ppid), int(pgrp), state
+
+
+def _processes_in_groups(pgids: set[int]) -> list[int]:
+    """Pids of live processes whose process group is one of `pgids`."""
+    return [pid for pid, _, pgrp, state in _processes() if pgrp in pgids and state != "Z"]
+
+
+def _child_pgids(parent: int) -> set[int]:
+    """Process groups of the direct children of `parent`."""
+    return {pgrp for _, ppid, pgrp, _ in _processes() if ppid == parent}
 
 
 def _http_get(url: str) -> tuple[int, bytes]:
@@ -80,8 +88,8 @@ def test_every_part_answers_its_health_check_on_loopback(stack: Stack) -> None:
 @pytest.mark.integration
 async def test_two_stacks_run_side_by_side(stack: Stack, lkapi: api.LiveKitAPI) -> None:
     with await asyncio.to_thread(Stack.start, StackConfig()) as other:
-        mine = set(_ports_of(stack))
-        theirs = set(_ports_of(other))
+        mine = set(astuple(stack.ports))
+        theirs = set(astuple(other.ports))
         assert not mine & theirs, "the two stacks share a port"
         assert other.api_key != stack.api_key
         room = unique_room("side-by-side")
@@ -93,18 +101,6 @@ async def test_two_stacks_run_side_by_side(stack: Stack, lkapi: api.LiveKitAPI) 
         assert list(ours.rooms) == []
         assert _http_get(other.sim_control_url + "/healthz")[0] == 200
     assert _http_get(stack.http_url + "/") == (200, b"OK")
-
-
-def _ports_of(stack: Stack) -> list[int]:
-    p = stack.ports
-    return [
-        p.livekit_http,
-        p.livekit_rtc_tcp,
-        p.livekit_rtc_udp,
-        p.livekit_prometheus,
-        p.redis,
-        p.sim_control,
-    ]
 
 
 @pytest.mark.integration
@@ -150,22 +146,6 @@ def test_the_cli_stops_everything_on_ctrl_c_or_sigterm(sig: signal.Signals) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def _child_pgids(parent: int) -> set[int]:
-    """Process groups of the direct children of `parent`."""
-    groups = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == parent:
-            groups.add(int(fields[2]))
-    return groups
 
 
 @pytest.mark.integration
