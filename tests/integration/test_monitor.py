@@ -16,7 +16,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -406,37 +405,43 @@ async def test_fifty_rooms_at_once_repeatedly_leave_no_observer_task_or_memory_b
     rtc.Room connect/disconnect cycles (python-sdks issue #449). It is measured and
     printed here, not asserted: README "Known limits".
     """
-    tracemalloc.start()
-    try:
-        async with running_monitor(stack, monitor_port, room_mode="setup") as (monitor, recorder):
-            baseline_tasks = len(asyncio.all_tasks())
-            python_mib, rss = [], []
-            for round_ in range(3):
-                rooms = [unique_room(f"many{round_}") for _ in range(50)]
-                calls = [
-                    place_call(sim_number("00"), room=room, ring=1.0, talk=1.0, end_timeout=90)
-                    for room in rooms
-                ]
-                await asyncio.gather(*calls)
-                for room in rooms:
-                    await recorder.wait_ended(room, timeout=60)
-                await wait_until(lambda: not monitor.rooms, timeout=30, what="observers gone")
-                gc.collect()
-                assert monitor.book.live_calls() == []
-                assert len(asyncio.all_tasks()) <= baseline_tasks + 2
-                assert [o for o in gc.get_objects() if isinstance(o, rtc.Room)] == []
-                python_mib.append(tracemalloc.get_traced_memory()[0] / 2**20)
-                rss.append(rss_mib())
-            ended = recorder.ended()
-    finally:
-        tracemalloc.stop()
+
+    def tasks() -> int:
+        # Requests in flight on the HTTP server (webhooks) come and go; not counted.
+        return sum(1 for t in asyncio.all_tasks() if "web_protocol" not in repr(t.get_coro()))
+
+    def rooms_alive() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, rtc.Room))
+
+    async with running_monitor(stack, monitor_port, room_mode="setup") as (monitor, recorder):
+        baseline_tasks = tasks()
+        blocks, rss = [], []
+        for round_ in range(3):
+            rooms = [unique_room(f"many{round_}") for _ in range(50)]
+            calls = [
+                place_call(sim_number("00"), room=room, ring=1.0, talk=1.0, end_timeout=90)
+                for room in rooms
+            ]
+            await asyncio.gather(*calls)
+            for room in rooms:
+                await recorder.wait_ended(room, timeout=60)
+            await wait_until(lambda: not monitor.rooms, timeout=30, what="observers gone")
+            # A join abandoned on its timeout finishes in the background, then leaves.
+            await wait_until(lambda: rooms_alive() == 0, timeout=30, what="rtc.Room freed")
+            assert monitor.book.live_calls() == []
+            assert tasks() <= baseline_tasks + 2
+            assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("watch-room")]
+            blocks.append(sys.getallocatedblocks())
+            rss.append(rss_mib())
+        ended = recorder.ended()
     odd = [f"{r.key} {r.outcome} {r.statuses}" for r in ended if r.outcome != "completed"]
     if odd:
         pytest.fail(f"{len(odd)} calls did not end completed: {odd}")
     assert len(ended) == 150
-    # Python memory is flat once the first round warmed up (the recorder keeps every
-    # effect of the test, about 10 KiB a call, hence the allowance).
-    assert python_mib[2] - python_mib[1] < 3.0, python_mib
+    # Python's own heap is flat once the first round warmed up; the allowance covers
+    # what the test itself keeps (every effect, about 50 blocks a call).
+    assert blocks[2] - blocks[1] < 20_000, blocks
     print(f"RSS after each round of 50 rooms: {[round(r) for r in rss]} MiB")
 
 
