@@ -127,7 +127,6 @@ class Monitor:
         self.ready = False
         self.not_ready_reason = "not reconciled with livekit-server yet"
         self.rooms: dict[str, _RoomSlot] = {}
-        self.processed = 0
         self._running = False  # rooms are joined only while run() runs
         self._join_slots = asyncio.Semaphore(settings.max_concurrent_joins)
         self._suspects: set[str] = set()
@@ -158,7 +157,6 @@ class Monitor:
                 except Exception:  # a broken sink must not stop the others or the machine
                     log.exception("sink_failed", sink=type(sink).__name__)
         if not isinstance(event, Tick):
-            self.processed += 1
             self.metrics.event_processed(
                 str(event.source), type(event).__name__, max(0.0, self.clock() - event.at)
             )
@@ -213,6 +211,9 @@ class Monitor:
             elif self.room_needs_observer(room):
                 self._start_watching(room)
 
+    def _count_rooms_watched(self) -> None:
+        self.metrics.rooms_watched(sum(1 for slot in self.rooms.values() if slot.observer))
+
     def _start_watching(self, room: str) -> None:
         slot = _RoomSlot(asyncio.get_running_loop().create_task(self._watch(room)))
         slot.task.set_name(f"watch-room-{room}")
@@ -222,7 +223,7 @@ class Monitor:
     def _slot_done(self, room: str, slot: _RoomSlot) -> None:
         if self.rooms.get(room) is slot:
             del self.rooms[room]
-        self.metrics.rooms_watched(sum(1 for s in self.rooms.values() if s.observer))
+        self._count_rooms_watched()
         # A call may have started in the room while the task was on its way out.
         if self._running and self.room_needs_observer(room) and room not in self.rooms:
             self._start_watching(room)
@@ -242,7 +243,7 @@ class Monitor:
             finally:
                 slot.observer = None
                 await observer.close()
-                self.metrics.rooms_watched(sum(1 for s in self.rooms.values() if s.observer))
+                self._count_rooms_watched()
                 log.debug("room_left", room=room)
 
     async def _join(self, room: str, slot: _RoomSlot) -> RoomObserver | None:
@@ -278,7 +279,7 @@ class Monitor:
                 return None
         self.metrics.room_connect(True)
         slot.observer = observer
-        self.metrics.rooms_watched(sum(1 for s in self.rooms.values() if s.observer))
+        self._count_rooms_watched()
         log.debug("room_joined", room=room)
         return observer
 
