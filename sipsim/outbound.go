@@ -144,6 +144,7 @@ func (s *Service) CreateSIPParticipant(ctx context.Context, req *rpc.InternalCre
 		ParticipantIdentity: rc.identity,
 		SipCallId:           req.SipCallId,
 	}
+	go rc.WatchActive(s.roomClient, req.RoomName)
 	if !req.WaitUntilAnswered {
 		go c.run(nil)
 		return resp, nil
@@ -224,9 +225,13 @@ func (c *outboundCall) run(rpcDone <-chan struct{}) {
 		}
 	}
 
-	// --- dialing: INVITE sent right after the track was published ---
-	ev := evTimer
-	if !c.sc.NoTrying {
+	// --- dialing: INVITE sent once the room connection is up (ACTIVE on the
+	// server) and, except for BeforePublish scenarios, the track published ---
+	ev := wait(-1, true, c.rc.Active())
+	if ev == evPublished {
+		ev = evTimer
+	}
+	if ev == evTimer && !c.sc.NoTrying {
 		ev = wait(farEndDelay/2, true, nil)
 		if ev == evTimer {
 			c.rec.sipResponse(100, reasonPhrases[100], "callee")

@@ -122,6 +122,8 @@ type roomConn struct {
 	discOnce     sync.Once
 	leaving      atomic.Bool // we sent a leave (or cut the connection)
 
+	active chan struct{} // closed once livekit-server sees the participant ACTIVE (see WatchActive)
+
 	subscribeOn atomic.Bool
 	subscribed  chan struct{} // closed once we subscribed to an audio track (or a 2nd SIP participant joined)
 	subOnce     sync.Once
@@ -137,6 +139,7 @@ func joinRoom(ctx context.Context, log *slog.Logger, wsURL, token string, attrs 
 		primed:       make(chan struct{}),
 		disconnected: make(chan struct{}),
 		subscribed:   make(chan struct{}),
+		active:       make(chan struct{}),
 	}
 	cb := &lksdk.RoomCallback{
 		OnDisconnected: func() {
@@ -192,6 +195,92 @@ func joinRoom(ctx context.Context, log *slog.Logger, wsURL, token string, attrs 
 	}
 	rc.identity = room.LocalParticipant.Identity()
 	return rc, nil
+}
+
+// --- connection established, as livekit-server sees it -------------------
+
+// The SDK's join returns once the primary transport's ICE is connected, but
+// livekit-server makes the participant ACTIVE (and sends the
+// participant_joined webhook with the attributes it has then) only when its
+// side of the primary peer connection is connected, DTLS included. A call
+// that sets ringing, or fails and leaves, before that shows ringing in the
+// joined webhook, or participant_connection_aborted instead of joined + left.
+// livekit-sip sends its INVITE only after its room connection is up.
+
+const (
+	activePoll        = 2 * time.Millisecond
+	activeAPIPoll     = 5 * time.Millisecond
+	activeWaitTimeout = 10 * time.Second
+)
+
+// Active is closed once the participant is ACTIVE on livekit-server (or
+// waiting for it gave up: see WatchActive).
+func (rc *roomConn) Active() <-chan struct{} { return rc.active }
+
+// WatchActive closes Active() once the primary peer connection (subscriber,
+// or publisher with --single-pc) is connected on our side and, with a
+// RoomService client, livekit-server reports the participant ACTIVE. It gives
+// up (and closes Active() anyway) after activeWaitTimeout, or at once when
+// the session ends.
+func (rc *roomConn) WatchActive(api *lksdk.RoomServiceClient, roomName string) {
+	defer close(rc.active)
+	deadline := time.Now().Add(activeWaitTimeout)
+	stopped := func() bool {
+		select {
+		case <-rc.disconnected:
+			return true
+		default:
+		}
+		return rc.leaving.Load() || time.Now().After(deadline)
+	}
+	pause := func(d time.Duration) bool {
+		select {
+		case <-time.After(d):
+			return true
+		case <-rc.disconnected:
+			return false
+		}
+	}
+	// 1. our side of the primary peer connection (ICE and DTLS) is connected
+	for {
+		var pc *webrtc.PeerConnection
+		if singlePC {
+			pc = rc.room.LocalParticipant.GetPublisherPeerConnection()
+		} else {
+			pc = rc.room.LocalParticipant.GetSubscriberPeerConnection()
+		}
+		if pc != nil && pc.ConnectionState() == webrtc.PeerConnectionStateConnected {
+			break
+		}
+		if stopped() || !pause(activePoll) {
+			if !rc.leaving.Load() {
+				rc.log.Warn("primary peer connection not connected; the far end starts anyway")
+			}
+			return
+		}
+	}
+	// 2. livekit-server has the participant ACTIVE (usually at once: the
+	// server finishes its DTLS handshake before ours)
+	if api == nil {
+		return
+	}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		p, err := api.GetParticipant(ctx, &livekit.RoomParticipantIdentity{Room: roomName, Identity: rc.identity})
+		cancel()
+		if err == nil && p.State == livekit.ParticipantInfo_ACTIVE {
+			return
+		}
+		if err == nil && p.State == livekit.ParticipantInfo_DISCONNECTED {
+			return
+		}
+		if stopped() || !pause(activeAPIPoll) {
+			if !rc.leaving.Load() {
+				rc.log.Warn("participant not seen ACTIVE by the server; the far end starts anyway", "error", err)
+			}
+			return
+		}
+	}
 }
 
 // SID is the participant's sid.
