@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -79,20 +79,18 @@ def observer_token(settings: Settings, room: str, identity: str) -> str:
     )
 
 
+def _with_scheme(url: str, schemes: Mapping[str, str]) -> str:
+    """`url` with its scheme swapped as `schemes` says (LIVEKIT_URL may be either)."""
+    scheme, sep, rest = url.partition("://")
+    return schemes.get(scheme, scheme) + sep + rest
+
+
 def _ws_url(url: str) -> str:
-    if url.startswith("http://"):
-        return "ws://" + url.removeprefix("http://")
-    if url.startswith("https://"):
-        return "wss://" + url.removeprefix("https://")
-    return url
+    return _with_scheme(url, {"http": "ws", "https": "wss"})
 
 
 def _http_url(url: str) -> str:
-    if url.startswith("ws://"):
-        return "http://" + url.removeprefix("ws://")
-    if url.startswith("wss://"):
-        return "https://" + url.removeprefix("wss://")
-    return url
+    return _with_scheme(url, {"ws": "http", "wss": "https"})
 
 
 @dataclass

@@ -65,3 +65,17 @@ def test_without_webhooks_the_default_mode_stays_for_the_whole_call() -> None:
     assert load_settings({"webhooks": "false"}, ENV).stays_whole_call
     assert not load_settings({}, ENV).stays_whole_call
     assert load_settings({"room_mode": "whole_call"}, ENV).stays_whole_call
+
+
+def test_livekit_url_works_in_either_scheme_for_rooms_and_the_api() -> None:
+    from monitor.service import _http_url, _ws_url
+
+    assert (_ws_url("https://lk.example.com"), _http_url("wss://lk.example.com")) == (
+        "wss://lk.example.com",
+        "https://lk.example.com",
+    )
+    assert (_ws_url("ws://127.0.0.1:7880"), _http_url("http://127.0.0.1:7880")) == (
+        "ws://127.0.0.1:7880",
+        "http://127.0.0.1:7880",
+    )
+    assert _http_url("ws://127.0.0.1:7880") == "http://127.0.0.1:7880"
