@@ -238,7 +238,11 @@ func (c *outboundCall) run(rpcDone <-chan struct{}) {
 		}
 	}
 	if ev == evTimer && (c.sc.Ringing || c.sc.EarlyMedia) {
-		ev = wait(farEndDelay, true, nil)
+		pdd := farEndDelay
+		if c.opts.PDD >= 0 {
+			pdd = c.opts.PDD
+		}
+		ev = wait(pdd, true, nil)
 		if ev == evTimer {
 			code := 180
 			if c.sc.EarlyMedia {

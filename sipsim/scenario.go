@@ -186,6 +186,9 @@ type Defaults struct {
 
 // CallOptions are the effective per-call options.
 type CallOptions struct {
+	// PDD is the post-dial delay: from the INVITE's 100 Trying to the 18x. Carriers
+	// take 1 to 3 s; -1 means the loopback round trip (the default).
+	PDD       time.Duration
 	Ring      time.Duration
 	Talk      time.Duration
 	Quirks    Quirks
@@ -194,6 +197,7 @@ type CallOptions struct {
 
 // Header names read from CreateSIPParticipantRequest.headers (case-insensitive).
 const (
+	HeaderPDD    = "X-Sim-PDD"
 	HeaderRing   = "X-Sim-Ring"
 	HeaderTalk   = "X-Sim-Talk"
 	HeaderQuirks = "X-Sim-Quirks"
@@ -221,7 +225,14 @@ func ParseSeconds(s string) (time.Duration, error) {
 // OptionsFromHeaders combines the flag defaults, the scenario's own default and
 // the request's X-Sim-* headers (headers win). Bad header values are errors.
 func OptionsFromHeaders(sc Scenario, d Defaults, headers map[string]string) (CallOptions, error) {
-	o := CallOptions{Ring: d.Ring, Talk: d.Talk, Quirks: d.Quirks.Merge(nil)}
+	o := CallOptions{PDD: -1, Ring: d.Ring, Talk: d.Talk, Quirks: d.Quirks.Merge(nil)}
+	if v, ok := headerValue(headers, HeaderPDD); ok {
+		pdd, err := ParseSeconds(v)
+		if err != nil {
+			return o, fmt.Errorf("%s: %w", HeaderPDD, err)
+		}
+		o.PDD = pdd
+	}
 	if sc.DefaultRing > 0 {
 		o.Ring = sc.DefaultRing
 	}

@@ -107,10 +107,23 @@ func TestSlowAnswerRingsTwentySecondsUnlessTold(t *testing.T) {
 	}
 }
 
+func TestPostDialDelayIsTheRoundTripUnlessTold(t *testing.T) {
+	sc, _ := ParseNumber("+15550012345")
+	o, _ := OptionsFromHeaders(sc, Defaults{}, nil)
+	if o.PDD != -1 {
+		t.Errorf("default PDD %v, want -1 (the loopback round trip)", o.PDD)
+	}
+	o, _ = OptionsFromHeaders(sc, Defaults{}, map[string]string{"x-sim-pdd": "1.5"})
+	if o.PDD != 1500*time.Millisecond {
+		t.Errorf("X-Sim-PDD 1.5 gave %v", o.PDD)
+	}
+}
+
 func TestBadHeaderValuesAreRejected(t *testing.T) {
 	sc, _ := ParseNumber("+15550012345")
 	for _, h := range []map[string]string{
 		{"X-Sim-Ring": "soon"},
+		{"X-Sim-PDD": "-2"},
 		{"X-Sim-Talk": "-1"},
 		{"X-Sim-Quirks": "active_before_answer,made_up"},
 		{"X-Sim-Race": "sideways"},
