@@ -9,12 +9,13 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.cache/tools/uv/bin/uv)
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
-# Debian packages the tests use: redis for the stack, promtool, jq and lnav for the
-# metrics and log-search tests.
-APT_PACKAGES := redis-server prometheus jq lnav
+# Debian packages the tests use: redis for the stack; prometheus (with promtool) for
+# the rules, dashboards and metrics tests; amtool for the alertmanager config; jq and
+# lnav for the log-search tests.
+APT_PACKAGES := redis-server prometheus prometheus-alertmanager jq lnav
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help demo replay-demo test test-unit lint fmt coverage build samples clean system-packages
+.PHONY: help demo replay-demo test test-unit lint fmt coverage build samples dashboards clean system-packages
 
 help:
 	@echo "make demo       the main job: a local stack, the monitor, real calls, live output"
@@ -25,6 +26,7 @@ help:
 	@echo "make fmt        format the code"
 	@echo "make build      install redis-server, build livekit-server and the SIP simulator"
 	@echo "make samples    regenerate samples/ from tests/fixtures/traces"
+	@echo "make dashboards regenerate dashboards/*.json from dashboards/*.py"
 
 $(CURDIR)/.cache/tools/uv/bin/uv:
 	@echo ">> installing uv from PyPI into .cache/tools/uv"
@@ -78,6 +80,9 @@ test: lint test-unit build
 
 samples: .venv/.synced
 	$(RUN) python -m tests.trace_journal
+
+dashboards: .venv/.synced
+	$(RUN) python -m dashboards.generate
 
 clean:
 	rm -rf .cache/stack .pytest_cache .mypy_cache .ruff_cache .coverage
