@@ -177,6 +177,13 @@ SETTINGS: tuple[Setting, ...] = (
         "give up one attempt to join a room after this long",
     ),
     Setting(
+        "observer_recycle_joins",
+        "CALL_MONITOR_OBSERVER_RECYCLE_JOINS",
+        _bounded_int(1, 1_000_000),
+        "200",
+        "room connections an observer process closes before it is replaced",
+    ),
+    Setting(
         "reconcile_seconds",
         "CALL_MONITOR_RECONCILE_SECONDS",
         _bounded_float(0.5, 3600),
@@ -262,6 +269,7 @@ class Settings:
     answer_grace_seconds: float
     max_concurrent_joins: int
     join_timeout_seconds: float
+    observer_recycle_joins: int
     reconcile_seconds: float
     webhook_max_bytes: int
     journal_path: Path | None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +22,6 @@ import structlog
 from livekit import api
 from prometheus_client import CollectorRegistry
 
-from monitor.adapter import ObserverHooks, RoomObserver
 from monitor.config import Settings
 from monitor.journal import Header, JournalWriter
 from monitor.machine import CallBook, MachineSettings
@@ -32,11 +32,12 @@ from monitor.model import (
     CallState,
     Effect,
     Event,
+    ParticipantSeen,
     ParticipantVanished,
-    Reason,
     Source,
     Tick,
 )
+from monitor.observers import LinkHooks, ObserverPool, RoomLink
 from monitor.sources import WebhookIntake, listing_events
 
 __all__ = ["Monitor", "observer_token", "run_until_signalled"]
@@ -47,6 +48,8 @@ _SETUP_STATES = frozenset({CallState.DIALING, CallState.RINGING, CallState.AUTOM
 _LIVE_STATES = _SETUP_STATES | {CallState.ACTIVE, CallState.HANGUP}
 _TICK_SECONDS = 0.2
 _RECONCILE_CONCURRENCY = 4
+# How long a new participant's join webhook has before a listing may introduce the call.
+_WEBHOOK_HEADSTART_SECONDS = 5.0
 
 
 class EffectSink(Protocol):
@@ -95,12 +98,11 @@ def _http_url(url: str) -> str:
 
 @dataclass
 class _RoomSlot:
-    """One room's observer and the task that keeps it joined while it matters."""
+    """One room's connection and the task that keeps it joined while it matters."""
 
     task: asyncio.Task[None]
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    lost: asyncio.Event = field(default_factory=asyncio.Event)
-    observer: RoomObserver | None = None
+    observer: RoomLink | None = None
 
 
 class Monitor:
@@ -113,6 +115,7 @@ class Monitor:
         registry: CollectorRegistry | None = None,
         sinks: Iterable[EffectSink] = (),
         clock: Callable[[], float] = time.time,
+        observer_move_after: float = 30.0,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -131,6 +134,12 @@ class Monitor:
         self._journal: JournalWriter | None = None
         self._journal_failing = False
         self._observer_serial = 0
+        self.observers = ObserverPool(
+            self.submit,
+            settings.observer_recycle_joins,
+            move_after=observer_move_after,
+            sdk_log_level=logging.DEBUG if settings.log_level == "debug" else logging.WARNING,
+        )
         if settings.journal_path is not None:
             header = Header(self.book.settings, settings.instance, clock())
             self._journal = JournalWriter(
@@ -229,73 +238,94 @@ class Monitor:
     async def _watch(self, room: str) -> None:
         slot = self.rooms[room]
         attempt = 0
-        while self.room_needs_observer(room):
-            observer = await self._join(room, slot)
-            if observer is None:
+        try:
+            while self.room_needs_observer(room):
+                held = slot.observer
+                if held is not None and not held.lost.is_set() and not held.moving:
+                    if await self._stay(room, slot, held):
+                        return
+                    continue
+                # First join, a lost connection, or a move to a fresh observer process:
+                # the new connection is made before the old one is closed.
+                joined = await self._join(room)
+                if joined is not None:
+                    attempt = 0
+                    slot.observer = joined
+                    if held is not None:
+                        await held.close()
+                    self._count_rooms_watched()
+                    continue
+                if held is not None and held.lost.is_set():
+                    slot.observer = None
+                    await held.close()
+                    self._count_rooms_watched()
                 attempt += 1
                 await self._sleep_or_wake(slot, min(0.25 * 2**attempt, 10.0))
-                continue
-            attempt = 0
-            try:
-                await self._stay(room, slot)
-            finally:
-                slot.observer = None
-                await observer.close()
+        finally:
+            held, slot.observer = slot.observer, None
+            if held is not None:
+                await held.close()
                 self._count_rooms_watched()
                 log.debug("room_left", room=room)
 
-    async def _join(self, room: str, slot: _RoomSlot) -> RoomObserver | None:
+    async def _join(self, room: str) -> RoomLink | None:
         self._observer_serial += 1
         identity = f"call-monitor-{self.settings.instance}-{self._observer_serial}"
-        lost = slot.lost = asyncio.Event()
 
-        def on_lost(name: str, reason: Reason | None) -> None:
-            log.info("room_connection_lost", room=name, reason=str(reason))
-            lost.set()
-            slot.wake.set()
+        def wake(name: str) -> None:
+            slot = self.rooms.get(name)
+            if slot is not None:
+                slot.wake.set()
 
-        observer = RoomObserver(
-            room,
-            _ws_url(self.settings.livekit_url),
-            observer_token(self.settings, room, identity),
-            self.submit,
-            ObserverHooks(
-                lost=on_lost,
-                reconnecting=lambda name: log.info("room_reconnecting", room=name),
-                reconnected=lambda name: self.metrics.room_reconnect(),
-            ),
-            self.clock,
+        def lost(name: str) -> None:
+            log.info("room_connection_lost", room=name)
+            wake(name)
+
+        hooks = LinkHooks(
+            lost=lost,
+            reconnecting=lambda name: log.info("room_reconnecting", room=name),
+            reconnected=lambda name: self.metrics.room_reconnect(),
+            moving=wake,
         )
         async with self._join_slots:
             if not self.room_needs_observer(room):
                 return None
             try:
-                await observer.connect(self.settings.join_timeout_seconds)
+                link = await self.observers.join(
+                    room,
+                    _ws_url(self.settings.livekit_url),
+                    observer_token(self.settings, room, identity),
+                    self.settings.join_timeout_seconds,
+                    hooks,
+                )
             except Exception as error:
                 self.metrics.room_connect(False)
                 log.warning("room_join_failed", room=room, error=f"{type(error).__name__}: {error}")
                 return None
         self.metrics.room_connect(True)
-        slot.observer = observer
-        self._count_rooms_watched()
         log.debug("room_joined", room=room)
-        return observer
+        return link
 
-    async def _stay(self, room: str, slot: _RoomSlot) -> None:
-        """Return when the observer should leave: no longer needed, or lost."""
-        lost = slot.lost
-        while not lost.is_set():
+    async def _stay(self, room: str, slot: _RoomSlot, held: RoomLink) -> bool:
+        """Wait while the room needs the observer; True once it may leave, False when the
+        connection was lost or must move."""
+
+        def interrupted() -> bool:
+            return held.lost.is_set() or held.moving
+
+        while not interrupted():
             if self.room_needs_observer(room):
                 slot.wake.clear()
                 await slot.wake.wait()
                 continue
             # Stay a short grace: a second call may start, or a late change arrive.
             leave_at = time.monotonic() + self.settings.answer_grace_seconds
-            while not lost.is_set() and not self.room_needs_observer(room):
+            while not interrupted() and not self.room_needs_observer(room):
                 left = leave_at - time.monotonic()
                 if left <= 0:
-                    return
+                    return True
                 await self._sleep_or_wake(slot, left)
+        return False
 
     @staticmethod
     async def _sleep_or_wake(slot: _RoomSlot, seconds: float) -> None:
@@ -327,8 +357,12 @@ class Monitor:
         async def list_one(name: str, room_sid: str) -> None:
             async with gate:
                 answer = await lkapi.room.list_participants(api.ListParticipantsRequest(room=name))
-            events, sids = listing_events(self.clock(), name, room_sid, answer.participants)
+            now = self.clock()
+            events, sids = listing_events(now, name, room_sid, answer.participants)
+            known = {call.participant_sid for call in self.book.calls_in_room(name)}
             for event in events:
+                if self._awaits_join_webhook(event, known, now):
+                    continue
                 self.submit(event)
             for call in self.book.calls_in_room(name):
                 if call.participant_sid not in sids and call.state is not CallState.ENDING:
@@ -345,6 +379,20 @@ class Monitor:
                 self.submit(ParticipantVanished(now, Source.RECONCILE, room, sid))
         self._suspects = suspects
         self.metrics.reconcile_run(True, time.monotonic() - started)
+
+    def _awaits_join_webhook(self, event: Event, known: set[str], now: float) -> bool:
+        """Whether a listing's snapshot of a call not yet known should wait a pass.
+
+        A participant who joined moments ago has its `participant_joined` webhook on the
+        way, carrying the status it joined with; a snapshot taken meanwhile shows a later
+        one (ringing, even active), and a call started from it would miss its dialing
+        and its post-dial delay. Without webhooks the listing is how calls are found.
+        """
+        if not self.settings.webhooks or not isinstance(event, ParticipantSeen):
+            return False
+        joined = event.participant.joined_at
+        fresh = joined is not None and now - joined < _WEBHOOK_HEADSTART_SECONDS
+        return fresh and event.participant.sid not in known
 
     async def _reconcile(self, lkapi: api.LiveKitAPI) -> None:
         failures = 0
@@ -386,6 +434,8 @@ class Monitor:
             )
             stack.push_async_callback(lkapi.aclose)
             self.http_port = await stack.enter_async_context(serve(self))
+            stack.push_async_callback(self.observers.close)
+            await self.observers.start()
             tasks = [
                 asyncio.create_task(self._consume(), name="consume-events"),
                 asyncio.create_task(self._tick(), name="clock"),
@@ -414,6 +464,7 @@ class Monitor:
         for slot in slots:
             slot.task.cancel()
         await asyncio.gather(*tasks[1:], *(slot.task for slot in slots), return_exceptions=True)
+        await self.observers.close()
         # Drain what the sources already delivered, then stop the consumer.
         while not self.queue.empty():
             self.process(self.queue.get_nowait())

@@ -124,12 +124,21 @@ def monitor_settings(stack: Stack, port: int, **overrides: str) -> Mapping[str, 
 
 @contextlib.asynccontextmanager
 async def running_monitor(
-    stack: Stack, port: int, sinks: Sequence[EffectSink] = (), **overrides: str
+    stack: Stack,
+    port: int,
+    sinks: Sequence[EffectSink] = (),
+    move_after: float = 30.0,
+    **overrides: str,
 ) -> AsyncIterator[tuple[Monitor, EffectRecorder]]:
     """A monitor on the stack, stopped (gracefully) when the block ends."""
     settings = load_settings(monitor_settings(stack, port, **overrides), stack.env())
     recorder = EffectRecorder()
-    monitor = Monitor(settings, registry=CollectorRegistry(), sinks=[recorder, *sinks])
+    monitor = Monitor(
+        settings,
+        registry=CollectorRegistry(),
+        sinks=[recorder, *sinks],
+        observer_move_after=move_after,
+    )
     stop = asyncio.Event()
     started = asyncio.Event()
     task = asyncio.create_task(monitor.run(stop, started), name="monitor-under-test")

@@ -9,21 +9,22 @@ leaves once calls are answered; the end comes from webhooks and reconciliation) 
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import aiohttp
 import pytest
 import structlog
-from livekit import api, rtc
+from livekit import api
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.adapter import RoomObserver
@@ -37,6 +38,7 @@ from tests.integration.conftest import (
     JoinAnswerer,
     JoinObserver,
     PlaceCall,
+    PlacedCall,
     SimInbound,
     SipSetup,
     await_call_ended,
@@ -110,12 +112,22 @@ def assert_matches_ledger(record: CallRecord, truth: CallEnded) -> None:
     assert abs(record.timings.started_at - truth.t_start) < 0.5
     assert record.timings.ended_at is not None
     assert abs(record.timings.ended_at - truth.t_end) < 0.5
+    timings = record.timings
     if truth.answered:
         assert truth.t_answer is not None
-        assert record.timings.answered_at is not None
-        assert abs(record.timings.answered_at - truth.t_answer) < 0.5
-    if truth.t_ringing is not None and record.timings.ringing_at is not None:
-        assert abs(record.timings.ringing_at - truth.t_ringing) < 0.5
+        assert timings.answered_at is not None
+        assert_seen_in_time(timings.answered_at, truth.t_answer, timings.answer_approximate)
+    if truth.t_ringing is not None and timings.ringing_at is not None:
+        assert_seen_in_time(timings.ringing_at, truth.t_ringing, timings.ringing_approximate)
+
+
+def assert_seen_in_time(seen: float, truth: float, approximate: bool) -> None:
+    """A moment seen live is within 0.5 s of the truth. One marked approximate was seen
+    only after the fact (the observer joined later): it may be late, never early."""
+    if approximate:
+        assert seen >= truth - 0.05, (seen, truth)
+    else:
+        assert abs(seen - truth) < 0.5, (seen, truth)
 
 
 async def place_and_finish(
@@ -395,15 +407,17 @@ async def test_observer_is_invisible_and_does_not_keep_a_room_open(
     assert [type(e).__name__ for e in ended] == ["RoomEnded"]
 
 
-async def test_fifty_rooms_at_once_repeatedly_leave_no_observer_task_or_memory_behind(
+async def test_fifty_rooms_at_once_repeatedly_leave_nothing_behind_and_memory_flat(
     stack: Stack, monitor_port: int, place_call: PlaceCall
 ) -> None:
-    """Nothing of ours outlives a room: observers, rtc.Room objects, tasks, Python memory.
+    """Nothing of ours outlives a room (connections, observer processes, tasks, Python
+    memory), and memory stays flat.
 
-    The process's RSS still grows by about 1.2 MiB per room joined: native memory of
-    the livekit FFI library (livekit 1.2.1), reproduced without the monitor by plain
-    rtc.Room connect/disconnect cycles (python-sdks issue #449). It is measured and
-    printed here, not asserted: README "Known limits".
+    The livekit SDK keeps about 1.2 MiB of native memory per room connection for the
+    life of its process (livekit 1.2.1, python-sdks #449). The monitor's rooms are held
+    by observer processes that are replaced after `observer_recycle_joins` closed
+    connections, so the memory of the monitor and its observers together is flat from
+    round to round. Held in one process, it grew by 60 to 120 MiB a round here.
     """
 
     def tasks() -> list[str]:
@@ -411,47 +425,159 @@ async def test_fifty_rooms_at_once_repeatedly_leave_no_observer_task_or_memory_b
         coros = (repr(t.get_coro()) for t in asyncio.all_tasks())
         return sorted(coro for coro in coros if "web_protocol" not in coro)
 
-    def rooms_alive() -> int:
-        gc.collect()
-        return sum(1 for o in gc.get_objects() if isinstance(o, rtc.Room))
-
-    async with running_monitor(stack, monitor_port, room_mode="setup") as (monitor, recorder):
-        baseline_tasks = tasks()
+    async with running_monitor(
+        stack, monitor_port, room_mode="whole_call", observer_recycle_joins="10"
+    ) as (monitor, recorder):
+        pool = monitor.observers
         blocks, rss = [], []
-        for round_ in range(3):
+        baseline_tasks: list[str] = []
+        placed: list[PlacedCall] = []
+        for round_ in range(4):
             rooms = [unique_room(f"many{round_}") for _ in range(50)]
             calls = [
                 place_call(sim_number("00"), room=room, ring=1.0, talk=1.0, end_timeout=90)
                 for room in rooms
             ]
-            await asyncio.gather(*calls)
+            placed += await asyncio.gather(*calls)
             for room in rooms:
                 await recorder.wait_ended(room, timeout=60)
             await wait_until(lambda: not monitor.rooms, timeout=30, what="observers gone")
-            # A join abandoned on its timeout finishes in the background, then leaves.
-            await wait_until(lambda: rooms_alive() == 0, timeout=30, what="rtc.Room freed")
+            # A join abandoned on its timeout finishes in its process, then leaves.
+            await wait_until(
+                lambda: not any(worker.links for worker in pool.workers),
+                timeout=30,
+                what="every room connection closed",
+            )
+            # The process that served the round before this one is gone: what is left is
+            # the one that took this round's joins and its spare.
+            await wait_until(lambda: len(pool.workers) <= 2, timeout=30, what="old process exit")
             assert monitor.book.live_calls() == []
+            if round_ == 0:
+                baseline_tasks = tasks()
             try:
-                await wait_until(lambda: len(tasks()) <= len(baseline_tasks), 30)
+                await wait_until(partial(tasks_within, tasks, len(baseline_tasks)), 30)
             except pytest.fail.Exception:
                 pytest.fail(f"tasks left: {sorted(set(tasks()) - set(baseline_tasks))}")
             assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("watch-room")]
             blocks.append(sys.getallocatedblocks())
-            rss.append(rss_mib())
+            rss.append(rss_mib(os.getpid()) + sum(rss_mib(pid) for pid in pool.pids()))
+        started = pool.started
         ended = recorder.ended()
-    odd = [f"{r.key} {r.outcome} {r.statuses}" for r in ended if r.outcome != "completed"]
-    if odd:
-        pytest.fail(f"{len(odd)} calls did not end completed: {odd}")
-    assert len(ended) == 150
+    assert len(ended) == 200
+    # Each call as the SIP side saw it (on a loaded machine a few fail for real). A
+    # room joined too late to see the answer (joins queue behind 50 at once) ends from
+    # its webhook: still completed, and said to be unsure of its answer time.
+    by_id = {record.call_id: record for record in ended}
+    unseen_answers = 0
+    for call in placed:
+        truth = call.ended
+        assert truth is not None
+        record = by_id[truth.call_id]
+        # The reason is not compared: under this load livekit-server may see a callee's
+        # leave as SIGNAL_CLOSE; the scenario tests check reasons.
+        if not truth.answered:
+            assert record.timings.answered_at is None, record
+            continue
+        assert record.outcome in (Outcome.COMPLETED, Outcome.DROPPED), record
+        if record.timings.answered_at is None:
+            assert record.ambiguity, record
+            unseen_answers += 1
+    print(f"answers the monitor could not see (joined too late): {unseen_answers} of 200")
+    # Processes were replaced as they wore out, several a round.
+    assert started >= 8, started
+    print(f"RSS of the monitor and its observers after each round of 50: {rss} MiB")
     # Python's own heap is flat once the first round warmed up; the allowance covers
     # what the test itself keeps (every effect, about 50 blocks a call).
-    assert blocks[2] - blocks[1] < 20_000, blocks
-    print(f"RSS after each round of 50 rooms: {[round(r) for r in rss]} MiB")
+    assert blocks[3] - blocks[1] < 40_000, blocks
+    # Memory stays within the envelope of the first rounds: the process holding the
+    # latest joins has closed at most about `observer_recycle_joins` plus the joins in
+    # flight. In one process, each round added 60 to 120 MiB (229, 350, 405 MiB).
+    assert rss[3] <= max(rss[0], rss[1]) + 30, rss
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+async def test_rooms_move_to_a_fresh_observer_process_without_a_gap(
+    stack: Stack, monitor_port: int, place_call: PlaceCall
+) -> None:
+    """A retired observer process's rooms are joined again through a fresh one before
+    the old connection closes: the call in the moved room ends as the ledger says, with
+    every status seen live and none twice."""
+    async with running_monitor(
+        stack, monitor_port, move_after=0.5, room_mode="whole_call", observer_recycle_joins="1"
+    ) as (monitor, recorder):
+        pool = monitor.observers
+        assert pool.current is not None
+        first = pool.current.serial
+        long_room, short_room, third_room = (unique_room(n) for n in ("long", "short", "third"))
+        long_call = asyncio.ensure_future(
+            place_call(sim_number("00"), room=long_room, ring=RING, talk=8.0)
+        )
+        await recorder.wait_state(long_room, "active", timeout=15)
+        await place_call(sim_number("00"), room=short_room, ring=0.3, talk=0.3)
+        await recorder.wait_ended(short_room)
+        await wait_until(lambda: short_room not in monitor.rooms, what="short room left")
+        # The first process has closed one connection and holds one: worn out, so the
+        # next join goes to a fresh process and the long call's room moves to it.
+        await place_call(sim_number("00"), room=third_room, ring=0.3, talk=0.3)
+        await wait_until(lambda: all(w.serial != first for w in pool.workers), 15, "moved")
+        assert recorder.ended(long_room) == [], "the long call was still up when it moved"
+        placed = await long_call
+        [record] = await recorder.wait_ended(long_room)
+    assert placed.ended is not None
+    assert_matches_ledger(record, placed.ended)
+    assert record.outcome is Outcome.COMPLETED
+    assert recorder.states(record.key) == [
+        "dialing",
+        "ringing",
+        "active",
+        "hangup",
+        "ending",
+        "ended",
+    ]
+    assert recorder.anomalies(long_room) == []
+
+
+async def test_a_killed_observer_process_is_replaced_and_its_calls_still_end_right(
+    stack: Stack, monitor_port: int, place_call: PlaceCall
+) -> None:
+    """An observer process that dies (the SDK SIGTERMs its own process when its FFI
+    panics) takes its connections with it; the monitor joins the rooms again through
+    another process and sees the rest of the call live."""
+    async with running_monitor(stack, monitor_port, room_mode="whole_call") as (
+        monitor,
+        recorder,
+    ):
+        pool = monitor.observers
+        room = unique_room("killed")
+        call = asyncio.ensure_future(place_call(sim_number("00"), room=room, ring=4.0, talk=2.0))
+        await recorder.wait_state(room, "ringing", timeout=15)
+        victim = pool.current
+        assert victim is not None
+        os.kill(victim.process.pid, signal.SIGKILL)
+
+        def joined_again() -> bool:
+            slot = monitor.rooms.get(room)
+            held = None if slot is None else slot.observer
+            return held is not None and held.worker is not victim
+
+        await wait_until(joined_again, 15, "joined again through another process")
+        placed = await call
+        [record] = await recorder.wait_ended(room)
+    assert placed.ended is not None
+    # Answered after the kill, and still seen live: the new connection saw `active`.
+    assert_matches_ledger(record, placed.ended)
+    assert record.outcome is Outcome.COMPLETED
+    assert not record.timings.answer_approximate
+    assert len(recorder.started(room)) == 1
+
+
+def tasks_within(tasks: Callable[[], list[str]], limit: int) -> bool:
+    return len(tasks()) <= limit
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, MiB."""
+    with open(f"/proc/{pid}/statm") as statm:
+        return round(int(statm.read().split()[1]) * resource.getpagesize() / 2**20, 1)
 
 
 async def test_a_monitor_killed_mid_call_and_restarted_counts_the_call_once(

@@ -79,3 +79,22 @@ def test_livekit_url_works_in_either_scheme_for_rooms_and_the_api() -> None:
         "http://127.0.0.1:7880",
     )
     assert _http_url("ws://127.0.0.1:7880") == "http://127.0.0.1:7880"
+
+
+def test_a_listing_leaves_a_participant_who_just_joined_to_its_join_webhook() -> None:
+    from monitor.model import Participant, ParticipantSeen, Source
+
+    def seen(joined_at: float | None, sid: str = "PA_new") -> ParticipantSeen:
+        who = Participant(sid, "sip_1", {"sip.callStatus": "ringing"}, True, joined_at)
+        return ParticipantSeen(100.0, Source.RECONCILE, "call-test", who, "RM_1")
+
+    with_webhooks = Monitor(load_settings({}, ENV))
+    # Joined 1 s ago and unknown: the join webhook, with the status it joined with, comes.
+    assert with_webhooks._awaits_join_webhook(seen(99.0), set(), 100.0)
+    # Known already, or joined long enough ago for the webhook to have been lost.
+    assert not with_webhooks._awaits_join_webhook(seen(99.0), {"PA_new"}, 100.0)
+    assert not with_webhooks._awaits_join_webhook(seen(90.0), set(), 100.0)
+    assert not with_webhooks._awaits_join_webhook(seen(None), set(), 100.0)
+    # Without webhooks, a listing is how calls are found: nothing waits.
+    without = Monitor(load_settings({"webhooks": "false"}, ENV))
+    assert not without._awaits_join_webhook(seen(99.0), set(), 100.0)
