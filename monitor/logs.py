@@ -18,6 +18,7 @@ import logging
 import re
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
@@ -39,6 +40,7 @@ from monitor.model import (
 from monitor.privacy import NumberMasker
 
 __all__ = [
+    "ANOMALY_LOG_LIMIT",
     "REDACTED",
     "AddInstance",
     "CallLog",
@@ -271,6 +273,13 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+# Anomalies of one kind logged per call (or room) before the rest are only counted: a
+# participant flipping its status a thousand times a second must not flood the logs.
+ANOMALY_LOG_LIMIT: Final = 5
+# How many (call, kind) pairs are remembered for that limit; the oldest are forgotten.
+_ANOMALY_KEYS_KEPT: Final = 10_000
+
+
 class CallLog:
     """The log sink for the machine's effects: one event per start, state change, end
     and anomaly; numbers and identities masked as `masker` says."""
@@ -280,6 +289,7 @@ class CallLog:
     ) -> None:
         self._log: FilteringBoundLogger = structlog.get_logger() if logger is None else logger
         self._masker = NumberMasker() if masker is None else masker
+        self._anomalies_logged: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def handle(self, effect: Effect) -> None:
         """Log one effect of the machine."""
@@ -310,15 +320,27 @@ class CallLog:
         elif isinstance(effect, CallEnded):
             self._log.info("call_ended", **self._summary(effect.call))
         elif isinstance(effect, Anomaly):
-            self._log.warning(
-                "anomaly",
-                kind=str(effect.kind),
-                detail=self._masker.text(effect.detail),
-                # The key is the sip.callID unless the call had none ("sid:<sid>").
-                call_id="" if effect.call_key.startswith("sid:") else effect.call_key,
-                call_key=effect.call_key,
-                room=self._masker.text(effect.room),
-            )
+            self._anomaly(effect)
+
+    def _anomaly(self, effect: Anomaly) -> None:
+        key = (effect.call_key or effect.room, str(effect.kind))
+        seen = self._anomalies_logged.pop(key, 0) + 1
+        self._anomalies_logged[key] = seen
+        if len(self._anomalies_logged) > _ANOMALY_KEYS_KEPT:
+            self._anomalies_logged.popitem(last=False)
+        if seen > ANOMALY_LOG_LIMIT + 1:
+            return
+        fields = {
+            "kind": str(effect.kind),
+            # The key is the sip.callID unless the call had none ("sid:<sid>").
+            "call_id": "" if effect.call_key.startswith("sid:") else effect.call_key,
+            "call_key": effect.call_key,
+            "room": self._masker.text(effect.room),
+        }
+        if seen > ANOMALY_LOG_LIMIT:
+            self._log.warning("anomalies_suppressed", limit=ANOMALY_LOG_LIMIT, **fields)
+            return
+        self._log.warning("anomaly", detail=self._masker.text(effect.detail), **fields)
 
     def _who(self, call: CallRecord) -> dict[str, Any]:
         return {

@@ -274,7 +274,12 @@ class CallBook:
                     )
                 )
             return known
-        return call_id if call_id else f"sid:{participant.sid}"
+        by_sid = f"sid:{participant.sid}"
+        if call_id and call_id not in self._tombstones and by_sid in self._tombstones:
+            # The participant's call is over: a call id that shows up only now (a late
+            # event, a participant changing it) must not start a second call.
+            return by_sid
+        return call_id if call_id else by_sid
 
     def _start(
         self, key: str, event: ParticipantSeen | AttributesChanged | ParticipantLeft

@@ -27,6 +27,7 @@ from structlog.typing import EventDict
 
 from monitor.config import Settings, load_settings
 from monitor.logs import (
+    ANOMALY_LOG_LIMIT,
     REDACTED,
     CallLog,
     MaskNumbers,
@@ -171,6 +172,26 @@ def test_anomaly_is_a_warning_with_kind_masked_detail_and_the_call() -> None:
     }
     assert logged[1]["call_id"] == ""
     assert logged[1]["call_key"] == "sid:PA_1"
+
+
+def test_a_flood_of_one_anomaly_logs_a_few_then_one_suppression_line() -> None:
+    """A participant flipping its status a thousand times: five lines, then one saying
+    the rest are only counted; another call's anomalies still show."""
+    sink = CallLog(structlog.get_logger(), NumberMasker())
+    regressed = AnomalyKind.STATUS_REGRESSED
+    with capture_logs() as logged:
+        for n in range(1000):
+            sink.handle(Anomaly(T0 + n, regressed, f"flip {n}", "room-a", "SCL_noisy"))
+        sink.handle(Anomaly(T0, AnomalyKind.UNKNOWN_STATUS, "odd", "room-a", "SCL_noisy"))
+        sink.handle(Anomaly(T0, regressed, "once", "room-b", "SCL_calm"))
+    events = [(line["event"], line["call_key"], line["kind"]) for line in logged]
+    assert events == [
+        *[("anomaly", "SCL_noisy", "status_regressed")] * ANOMALY_LOG_LIMIT,
+        ("anomalies_suppressed", "SCL_noisy", "status_regressed"),
+        ("anomaly", "SCL_noisy", "unknown_status"),
+        ("anomaly", "SCL_calm", "status_regressed"),
+    ]
+    assert logged[ANOMALY_LOG_LIMIT]["limit"] == ANOMALY_LOG_LIMIT
 
 
 def test_numbers_show_whole_only_when_masking_is_off() -> None:

@@ -1,0 +1,197 @@
+"""Webhooks delivered twice, late, or out of order, on the real stack.
+
+livekit-server retries a webhook it could not deliver, and a proxy or a busy monitor
+can delay or reorder them. A relay the test controls stands where livekit-server sends
+its webhooks (the session's `monitor_port`) and forwards each one, signed as it came,
+to the monitor on another port: twice, late, or after the ones that came later. Each
+call must still be counted once, with the outcome the simulator's ledger says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.model import Outcome
+from stack import Stack
+from stack.config import free_port
+from tests.integration.conftest import PlaceCall, sim_number, unique_room
+from tests.integration.monitoring import running_monitor
+from tests.integration.test_monitor import assert_matches_ledger
+
+pytestmark = pytest.mark.integration
+
+# For a webhook kind, the delays (seconds) of its deliveries: [0, 0] is twice at once.
+Plan = Callable[[str], Sequence[float]]
+
+
+class WebhookRelay:
+    """Forwards livekit-server's webhooks to the monitor as a plan says."""
+
+    def __init__(self, listen_port: int, target_port: int, plan: Plan) -> None:
+        self.listen_port = listen_port
+        self.target = f"http://127.0.0.1:{target_port}/webhook"
+        self.plan = plan
+        # (kind, room, HTTP status or 0 when unreachable), in delivery order
+        self.forwarded: list[tuple[str, str, int]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        app = web.Application()
+        app.router.add_post("/webhook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> WebhookRelay:
+        self._session = aiohttp.ClientSession()
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.listen_port).start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.drain()
+        await self._runner.cleanup()
+        assert self._session is not None
+        await self._session.close()
+
+    async def drain(self) -> None:
+        """Wait for every delivery still planned."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {
+            "Authorization": request.headers.get("Authorization", ""),
+            "Content-Type": request.headers.get("Content-Type", "application/webhook+json"),
+        }
+        parsed = json.loads(body)
+        kind = str(parsed.get("event", ""))
+        room = str(parsed.get("room", {}).get("name", ""))
+        for delay in self.plan(kind):
+            task = asyncio.ensure_future(self._deliver(kind, room, body, headers, delay))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return web.Response(text="ok")
+
+    async def _deliver(
+        self, kind: str, room: str, body: bytes, headers: dict[str, str], delay: float
+    ) -> None:
+        await asyncio.sleep(delay)
+        assert self._session is not None
+        try:
+            async with self._session.post(self.target, data=body, headers=headers) as answer:
+                self.forwarded.append((kind, room, answer.status))
+        except aiohttp.ClientError:
+            self.forwarded.append((kind, room, 0))
+
+    def of_rooms(self, rooms: Sequence[str]) -> list[tuple[str, int]]:
+        """(kind, status) of the deliveries about `rooms`."""
+        return [(kind, status) for kind, room, status in self.forwarded if room in rooms]
+
+
+@pytest.mark.parametrize("mode", ["setup", "whole_call"])
+async def test_every_webhook_twice_counts_each_call_once(
+    stack: Stack, monitor_port: int, place_call: PlaceCall, mode: str
+) -> None:
+    port = free_port()
+    twice: Plan = lambda kind: (0.0, 0.3)  # noqa: E731 - a plan reads best inline
+    cases = [("00", Outcome.COMPLETED), ("02", Outcome.REJECTED), ("05", Outcome.UNAVAILABLE)]
+    async with (
+        WebhookRelay(monitor_port, port, twice) as relay,
+        running_monitor(stack, port, room_mode=mode) as (monitor, recorder),
+    ):
+        rooms = [unique_room(f"twice{code}") for code, _ in cases]
+        placed = await asyncio.gather(
+            *(
+                place_call(sim_number(code), room=room, ring=0.6, talk=1.0)
+                for (code, _), room in zip(cases, rooms, strict=True)
+            )
+        )
+        for room in rooms:
+            await recorder.wait_ended(room)
+        await relay.drain()
+        await asyncio.sleep(1.5)  # past the settle window of any duplicate
+        records = {room: recorder.ended(room) for room in rooms}
+        started = {room: recorder.started(room) for room in rooms}
+        # Other tests' rooms may still end while this monitor runs (it lists every
+        # room): the metric must count exactly the calls the machine ended, once each.
+        total = sum(
+            sample.value
+            for family in text_string_to_metric_families(monitor.metrics.exposition()[0].decode())
+            for sample in family.samples
+            if sample.name == "call_monitor_calls_ended_total"
+        )
+        every_end = len(recorder.ended())
+    # Every webhook really reached the monitor twice, and was accepted both times.
+    ours = relay.of_rooms(rooms)
+    # Twice each: the callee's leave and the observer's (hidden, still in webhooks).
+    lefts = [kind for kind, _ in ours].count("participant_left")
+    assert lefts >= 2 * len(cases), ours
+    assert lefts % 2 == 0, ours
+    assert {status for kind, status in ours if kind.startswith("participant")} == {200}
+    for (_, outcome), room, call in zip(cases, rooms, placed, strict=True):
+        assert len(started[room]) == 1, room
+        [record] = records[room]
+        assert record.outcome is outcome
+        assert call.ended is not None
+        assert record.call_id == call.ended.call_id
+    assert total == every_end
+
+
+async def test_late_webhooks_still_give_each_call_its_outcome(
+    stack: Stack, monitor_port: int, place_call: PlaceCall
+) -> None:
+    """Every participant_left 3 s late, in setup mode, where the end of an answered call
+    comes from that webhook: the outcome is the ledger's, not `lost`."""
+    port = free_port()
+    late: Plan = lambda kind: (3.0,) if kind == "participant_left" else (0.0,)  # noqa: E731
+    async with (
+        WebhookRelay(monitor_port, port, late),
+        running_monitor(stack, port, room_mode="setup", reconcile_seconds="5") as (
+            _,
+            recorder,
+        ),
+    ):
+        room = unique_room("late")
+        placed = await place_call(sim_number("00"), room=room, ring=0.6, talk=1.0)
+        [record] = await recorder.wait_ended(room, timeout=30)
+    assert placed.ended is not None
+    assert record.outcome is Outcome.COMPLETED
+    assert record.call_id == placed.ended.call_id
+
+
+async def test_webhooks_out_of_order_give_each_call_its_outcome(
+    stack: Stack, monitor_port: int, place_call: PlaceCall
+) -> None:
+    """participant_joined held back until after participant_left (a 404 leaves at once):
+    the call starts and ends once, from the leave, and the late join changes nothing."""
+    port = free_port()
+    joined_last: Plan = lambda kind: (  # noqa: E731
+        (4.0,) if kind in ("participant_joined", "room_started") else (0.0,)
+    )
+    async with (
+        WebhookRelay(monitor_port, port, joined_last) as relay,
+        running_monitor(stack, port, room_mode="setup", settle_seconds="0.5") as (
+            _,
+            recorder,
+        ),
+    ):
+        room = unique_room("order")
+        placed = await place_call(sim_number("05"), room=room)
+        [record] = await recorder.wait_ended(room, timeout=30)
+        await relay.drain()
+        await asyncio.sleep(1.0)
+        ended = recorder.ended(room)
+        started = recorder.started(room)
+    order = [kind for kind, _ in relay.of_rooms([room]) if kind.startswith("participant")]
+    assert order.index("participant_left") < order.index("participant_joined")
+    assert placed.ended is not None
+    assert len(started) == 1
+    assert ended == [record]
+    assert record.outcome is Outcome.UNAVAILABLE
+    assert_matches_ledger(record, placed.ended)

@@ -1,0 +1,227 @@
+"""Whatever a source sends, the monitor parses it, counts what is odd, and carries on.
+
+hypothesis builds webhook bodies (the protobuf livekit-server signs), participant
+attributes and journal lines of any shape: unknown statuses and reasons, missing call
+ids, huge and odd values, unknown participant kinds. Parsing never raises anything but
+its own documented error, the machine never raises, and odd input shows as anomalies.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from livekit.protocol import models, webhook
+
+from monitor.journal import Header, JournalError, decode_line, encode_event
+from monitor.machine import CallBook, MachineSettings
+from monitor.model import (
+    ATTR_CALL_ID,
+    ATTR_CALL_STATUS,
+    Anomaly,
+    AnomalyKind,
+    AttributesChanged,
+    CallEnded,
+    CallStarted,
+    Event,
+    Participant,
+    ParticipantLeft,
+    ParticipantSeen,
+    SipStatus,
+    Source,
+    Tick,
+)
+from monitor.sources import events_of_webhook
+
+T0 = 1_800_000_000.0
+# Strings as protobuf carries them: any Unicode but lone surrogates (not valid UTF-8).
+TEXT = st.text(st.characters(codec="utf-8"), max_size=40)
+HUGE = st.builds(
+    lambda char, n: char * n, st.characters(codec="utf-8"), st.integers(10_000, 70_000)
+)
+STATUS_VALUES = st.one_of(
+    st.sampled_from([s.value for s in SipStatus]), st.sampled_from(["", " ", "ACTIVE"]), TEXT
+)
+ATTRIBUTES = st.dictionaries(
+    st.one_of(
+        st.sampled_from(
+            [
+                ATTR_CALL_STATUS,
+                ATTR_CALL_ID,
+                "sip.trunkID",
+                "sip.phoneNumber",
+                "sip.ruleID",
+                "sip.trunkPhoneNumber",
+                "sip.hostname",
+            ]
+        ),
+        TEXT,
+    ),
+    st.one_of(STATUS_VALUES, TEXT, HUGE),
+    max_size=8,
+)
+WEBHOOK_KINDS = st.one_of(
+    st.sampled_from(
+        [
+            "participant_joined",
+            "participant_left",
+            "participant_connection_aborted",
+            "room_started",
+            "room_finished",
+            "track_published",
+        ]
+    ),
+    TEXT,
+)
+
+
+@st.composite
+def webhook_events(draw: st.DrawFn) -> webhook.WebhookEvent:
+    participant = models.ParticipantInfo(
+        sid=draw(TEXT),
+        identity=draw(TEXT),
+        attributes=draw(ATTRIBUTES),
+        joined_at=draw(st.integers(0, 2**40)),
+        joined_at_ms=draw(st.integers(0, 2**50)),
+    )
+    # Enums are open in proto3: numbers the protocol does not name yet arrive as is.
+    participant.kind = draw(st.integers(0, 40))  # type: ignore[assignment]
+    participant.disconnect_reason = draw(st.integers(0, 200))  # type: ignore[assignment]
+    return webhook.WebhookEvent(
+        event=draw(WEBHOOK_KINDS),
+        room=models.Room(name=draw(TEXT), sid=draw(TEXT)),
+        participant=participant,
+        id=draw(TEXT),
+        created_at=draw(st.integers(0, 2**40)),
+    )
+
+
+def run(book: CallBook, events: list[Event]) -> list[Any]:
+    effects: list[Any] = []
+    for event in events:
+        effects += book.step(event)
+    effects += book.step(Tick(book.now + 3600))
+    return effects
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(webhook_events(), min_size=1, max_size=6))
+def test_any_signed_webhook_body_becomes_events_the_machine_takes(
+    bodies: list[webhook.WebhookEvent],
+) -> None:
+    events: list[Event] = []
+    for at, body in enumerate(bodies):
+        events += events_of_webhook(body, T0 + at)
+    effects = run(CallBook(MachineSettings(settle_seconds=1.0)), events)
+    started = [effect.call.key for effect in effects if isinstance(effect, CallStarted)]
+    ended = [effect.call.key for effect in effects if isinstance(effect, CallEnded)]
+    assert len(started) == len(set(started)), "a call started twice"
+    assert len(ended) == len(set(ended)), "a call ended twice"
+    # Every event is journalled and replayed as it was: nothing lost in the journal.
+    for event in events:
+        assert decode_line(encode_event(event)) == event
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(ATTRIBUTES, st.booleans()), min_size=1, max_size=12))
+def test_any_attributes_from_a_sip_participant_are_counted_never_fatal(
+    updates: list[tuple[dict[str, str], bool]],
+) -> None:
+    """One SIP participant sending any attributes: each odd status is an anomaly."""
+    events: list[Event] = []
+    for n, (attributes, leave) in enumerate(updates):
+        who = Participant("PA_fuzz", "sip_fuzz", attributes, True, T0)
+        if n == 0:
+            events.append(ParticipantSeen(T0, Source.ROOM, "room", who))
+        elif leave:
+            events.append(ParticipantLeft(T0 + n, Source.WEBHOOK, "room", who, None, ""))
+        else:
+            events.append(AttributesChanged(T0 + n, Source.ROOM, "room", who, attributes))
+    effects = run(CallBook(MachineSettings(settle_seconds=1.0)), events)
+    assert len([e for e in effects if isinstance(e, CallStarted)]) == 1
+    assert len([e for e in effects if isinstance(e, CallEnded)]) <= 1
+    kinds = [effect.kind for effect in effects if isinstance(effect, Anomaly)]
+    first = updates[0][0].get(ATTR_CALL_STATUS)
+    if first is not None and first not in {s.value for s in SipStatus}:
+        assert AnomalyKind.UNKNOWN_STATUS in kinds
+    if not updates[0][0].get(ATTR_CALL_ID):
+        assert AnomalyKind.MISSING_CALL_ID in kinds
+
+
+def test_a_call_id_that_shows_up_after_the_end_does_not_start_a_second_call() -> None:
+    """Found by the property above: a participant without sip.callID left, then a late
+    change carried one. The participant's call is over; nothing starts again."""
+    book = CallBook(MachineSettings(settle_seconds=1.0))
+    bare = Participant("PA_late", "sip_late", {ATTR_CALL_STATUS: "active"}, True, T0)
+    effects = book.step(ParticipantSeen(T0, Source.ROOM, "room", bare))
+    effects += book.step(ParticipantLeft(T0 + 1, Source.WEBHOOK, "room", bare, None, ""))
+    effects += book.step(Tick(T0 + 5))
+    late = Participant("PA_late", "sip_late", {ATTR_CALL_ID: "SCL_late"}, True, T0)
+    changed = {ATTR_CALL_ID: "SCL_late"}
+    effects += book.step(AttributesChanged(T0 + 6, Source.ROOM, "room", late, changed))
+    assert [e.call.key for e in effects if isinstance(e, CallStarted)] == ["sid:PA_late"]
+    assert [e.call.key for e in effects if isinstance(e, CallEnded)] == ["sid:PA_late"]
+    assert book.live_calls() == []
+
+
+def test_a_thousand_status_flips_from_one_participant_keep_one_bounded_call() -> None:
+    """A participant flipping dialing/ringing a thousand times: one call, a bounded
+    status history, every flip back counted as a regression."""
+    book = CallBook(MachineSettings(settle_seconds=1.0))
+    base = {ATTR_CALL_ID: "SCL_flip", "sip.trunkID": "ST_1"}
+    seen = Participant("PA_flip", "sip_flip", {**base, ATTR_CALL_STATUS: "dialing"}, True, T0)
+    effects = book.step(ParticipantSeen(T0, Source.ROOM, "room", seen))
+    for n in range(1000):
+        status = "ringing" if n % 2 == 0 else "dialing"
+        who = Participant("PA_flip", "sip_flip", {**base, ATTR_CALL_STATUS: status}, True, T0)
+        changed = {ATTR_CALL_STATUS: status}
+        effects += book.step(AttributesChanged(T0 + n / 1000, Source.ROOM, "room", who, changed))
+    [call] = book.live_calls()
+    assert [str(s) for s in call.statuses] == ["dialing", "ringing"]
+    regressions = [e for e in effects if isinstance(e, Anomaly)]
+    assert {e.kind for e in regressions} == {AnomalyKind.STATUS_REGRESSED}
+    assert len(regressions) == 500
+
+
+@given(st.text(max_size=300))
+def test_a_journal_line_of_any_text_is_read_or_refused_with_a_reason(line: str) -> None:
+    try:
+        decode_line(line)
+    except JournalError as error:
+        message = str(error)
+    else:
+        return
+    assert message
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(
+    st.sampled_from(
+        ["participant_seen", "attributes_changed", "participant_left", "room_ended", "dial_failed"]
+    ),
+    st.dictionaries(
+        st.sampled_from(["at", "source", "room", "participant", "changed", "reason", "sid"]),
+        JSON_VALUES,
+    ),
+)
+def test_a_journal_event_of_any_shape_is_read_or_refused_with_a_reason(
+    kind: str, fields: dict[str, Any]
+) -> None:
+    line = json.dumps({"v": 1, "type": kind, **fields})
+    try:
+        event = decode_line(line)
+    except JournalError as error:
+        message = str(error)
+    else:
+        assert not isinstance(event, Header)
+        CallBook().step(event)
+        return
+    assert kind in message
