@@ -96,6 +96,10 @@ def _bool(value: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _optional_port(value: str) -> int | None:
+    return _port(value) if value.strip() else None
+
+
 def _path(value: str) -> Path | None:
     return Path(value) if value.strip() else None
 
@@ -133,6 +137,21 @@ SETTINGS: tuple[Setting, ...] = (
         "address for /metrics, health, /calls and webhooks",
     ),
     Setting("http_port", "CALL_MONITOR_HTTP_PORT", _port, "9469", "HTTP port (0: any free)"),
+    Setting(
+        "metrics_port",
+        "CALL_MONITOR_METRICS_PORT",
+        _optional_port,
+        "",
+        "serve /metrics, /healthz and /readyz on a listener of their own at this port "
+        "(empty: on the HTTP port)",
+    ),
+    Setting(
+        "metrics_host",
+        "CALL_MONITOR_METRICS_HOST",
+        _text,
+        "127.0.0.1",
+        "address of that listener",
+    ),
     Setting(
         "settle_seconds",
         "CALL_MONITOR_SETTLE_SECONDS",
@@ -263,6 +282,8 @@ class Settings:
     livekit_api_secret: str
     http_host: str
     http_port: int
+    metrics_port: int | None
+    metrics_host: str
     settle_seconds: float
     webhooks: bool
     room_mode: str

@@ -169,27 +169,51 @@ async def calls(request: web.Request) -> web.Response:
     return web.json_response({"calls": listed})
 
 
-def build_app(monitor: Monitor) -> web.Application:
+def build_app(
+    monitor: Monitor, *, observability: bool = True, calls_api: bool = True
+) -> web.Application:
+    """The app: `observability` routes (/metrics, /readyz) and the `calls_api`
+    (/webhook, /dial, /calls); /healthz always."""
     app = web.Application(client_max_size=monitor.settings.webhook_max_bytes)
     app[_MONITOR] = monitor
-    app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_post("/webhook", webhook)
-    app.router.add_post("/dial", dial)
-    app.router.add_get("/calls", calls)
+    if observability:
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/readyz", readyz)
+    if calls_api:
+        app.router.add_post("/webhook", webhook)
+        app.router.add_post("/dial", dial)
+        app.router.add_get("/calls", calls)
     return app
 
 
 @asynccontextmanager
-async def serve(monitor: Monitor) -> AsyncIterator[int]:
-    """Serve the app on the configured address; yields the bound port."""
-    runner = web.AppRunner(build_app(monitor), access_log=None)
+async def _listening(app: web.Application, host: str, port: int) -> AsyncIterator[int]:
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, monitor.settings.http_host, monitor.settings.http_port)
-    await site.start()
-    port = int(runner.addresses[0][1])
     try:
-        yield port
+        await web.TCPSite(runner, host, port).start()
+        yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serve(monitor: Monitor) -> AsyncIterator[tuple[int, int]]:
+    """Serve on the configured addresses; yields (HTTP port, metrics port).
+
+    With `metrics_port` set, /metrics and /readyz move to a listener of their own (so
+    they can stay on localhost while /webhook faces livekit-server); otherwise one
+    listener serves everything and both ports are the same."""
+    settings = monitor.settings
+    if settings.metrics_port is None:
+        async with _listening(build_app(monitor), settings.http_host, settings.http_port) as port:
+            yield port, port
+        return
+    calls_app = build_app(monitor, observability=False)
+    metrics_app = build_app(monitor, calls_api=False)
+    async with (
+        _listening(calls_app, settings.http_host, settings.http_port) as port,
+        _listening(metrics_app, settings.metrics_host, settings.metrics_port) as metrics_port,
+    ):
+        yield port, metrics_port

@@ -433,7 +433,7 @@ class Monitor:
                 http_url, self.settings.livekit_api_key, self.settings.livekit_api_secret
             )
             stack.push_async_callback(lkapi.aclose)
-            self.http_port = await stack.enter_async_context(serve(self))
+            self.http_port, self.metrics_port = await stack.enter_async_context(serve(self))
             stack.push_async_callback(self.observers.close)
             await self.observers.start()
             tasks = [
@@ -444,6 +444,9 @@ class Monitor:
             log.info(
                 "monitor_started",
                 http=f"{self.settings.http_host}:{self.http_port}",
+                metrics=f"{self.settings.metrics_host}:{self.metrics_port}"
+                if self.settings.metrics_port is not None
+                else "on the http port",
                 livekit=http_url,
                 room_mode="whole_call" if self.settings.stays_whole_call else "setup",
                 webhooks=self.settings.webhooks,

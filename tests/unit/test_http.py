@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -241,3 +242,32 @@ async def test_health_readiness_and_metrics(served: tuple[Monitor, Client]) -> N
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     assert "call_monitor_ready 1.0" in await response.text()
+
+
+async def test_metrics_and_readiness_can_have_a_listener_of_their_own() -> None:
+    """With CALL_MONITOR_METRICS_PORT, /metrics and /readyz leave the listener that
+    faces livekit-server (webhooks) and the dialers, and can stay on localhost."""
+    from monitor.http import serve
+
+    settings = load_settings(
+        {"http_port": "0", "metrics_port": "0"},
+        {"LIVEKIT_URL": "ws://127.0.0.1:1", "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET},
+    )
+    monitor = Monitor(settings)
+    async with serve(monitor) as (port, metrics_port), aiohttp.ClientSession() as session:
+        assert port != metrics_port
+
+        async def status(at: int, method: str, path: str) -> int:
+            async with session.request(method, f"http://127.0.0.1:{at}{path}") as answer:
+                return answer.status
+
+        assert await status(metrics_port, "GET", "/metrics") == 200
+        assert await status(metrics_port, "GET", "/readyz") == 503  # not reconciled yet
+        assert await status(metrics_port, "GET", "/healthz") == 200
+        assert await status(metrics_port, "POST", "/webhook") == 404
+        assert await status(metrics_port, "GET", "/calls") == 404
+        assert await status(port, "GET", "/metrics") == 404
+        assert await status(port, "GET", "/readyz") == 404
+        assert await status(port, "GET", "/healthz") == 200
+        assert await status(port, "POST", "/webhook") == 401  # there, and unsigned
+        assert await status(port, "GET", "/calls") == 401
