@@ -494,6 +494,7 @@ class CallBook:
             sip_status_code=record.sip_status_code,
             dial_failed=call.dial_failed,
             evidence=pending.strength > _NO_EVIDENCE,
+            watched=Source.ROOM in record.sources,
         )
         timings = replace(record.timings, ended_at=max(pending.at, record.timings.started_at))
         if verdict.active_before_answer:

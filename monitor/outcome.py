@@ -60,6 +60,9 @@ AMBIGUOUS_NO_HANGUP = (
 AMBIGUOUS_NO_REASON = "no disconnect reason was given"
 AMBIGUOUS_ANSWER_UNSEEN = "hung up after an answer nobody saw: the talk time is unknown"
 AMBIGUOUS_INBOUND_RINGING = "caller gave up, or the ringing timeout, or the SIP service stopped"
+AMBIGUOUS_INBOUND_UNWATCHED = (
+    "no observer was in the room: the caller hung up while it rang, or after an answer"
+)
 
 
 def outcome_of_sip_code(code: int | None) -> tuple[Outcome, str]:
@@ -90,12 +93,15 @@ def decide(
     sip_status_code: int | None,
     dial_failed: bool,
     evidence: bool,
+    watched: bool = True,
 ) -> Verdict:
     """The outcome of an ended call.
 
     `evidence` is False when the call disappeared without any source saying how (a
     listing no longer shows it, the room vanished with it): the outcome is then `lost`
-    unless the far end's hangup was already seen.
+    unless the far end's hangup was already seen. `watched` is False when no room
+    connection ever saw the call (only webhooks and listings did): an answer may then
+    have gone unseen.
     """
     if last_status is SipStatus.HANGUP and answered:
         # The far end hung up (BYE), or livekit-sip ended it (EndCall, max duration).
@@ -106,23 +112,25 @@ def decide(
         return Verdict(outcome, EndedBy.FAR_END, ambiguity, active_before_answer=answered)
     if not evidence:
         if last_status is SipStatus.HANGUP:
-            return _unanswered_hangup(direction)
+            return _unanswered_hangup(direction, watched)
         return Verdict(Outcome.LOST, EndedBy.UNKNOWN, "")
     if answered:
         return _answered(reason)
     if last_status is SipStatus.HANGUP:
-        return _unanswered_hangup(direction)
+        return _unanswered_hangup(direction, watched)
     if direction is Direction.INBOUND:
         return _inbound_unanswered(reason)
     return _outbound_unanswered(last_status, reason)
 
 
-def _unanswered_hangup(direction: Direction) -> Verdict:
-    # hangup with no answer seen. Inbound: the caller sent CANCEL or BYE while it rang.
+def _unanswered_hangup(direction: Direction, watched: bool) -> Verdict:
+    # hangup with no answer seen. Inbound: the caller sent CANCEL or BYE while it rang,
+    # unless nobody watched the room (webhooks carry no status changes, only the last).
     # Outbound: livekit-sip sets hangup only on a BYE or its own EndCall, and a BYE
     # exists only in an answered call: it was answered while nobody watched.
     if direction is Direction.INBOUND:
-        return Verdict(Outcome.ABANDONED, EndedBy.FAR_END)
+        ambiguity = "" if watched else AMBIGUOUS_INBOUND_UNWATCHED
+        return Verdict(Outcome.ABANDONED, EndedBy.FAR_END, ambiguity)
     return Verdict(Outcome.COMPLETED, EndedBy.FAR_END, AMBIGUOUS_ANSWER_UNSEEN)
 
 

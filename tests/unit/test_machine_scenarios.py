@@ -249,6 +249,17 @@ def test_unanswered_inbound_outcomes(
     assert bool(record.ambiguity) is ambiguous
 
 
+def test_inbound_hangup_seen_only_by_webhooks_may_hide_an_answer() -> None:
+    """No room connection saw the call (joins slow, or webhooks only): its join showed
+    ringing and its leave hangup, as a caller giving up does, and as a call answered
+    and then hung up does. Abandoned, but saying it could be the other."""
+    script = CallScript(inbound=True).seen(0.2, "ringing", source=Source.WEBHOOK)
+    script.left(6.0, R.CLIENT_INITIATED, source=Source.WEBHOOK, status="hangup")
+    record = only_end(run(script.events)[1])
+    assert record.outcome is Outcome.ABANDONED
+    assert "after an answer" in record.ambiguity
+
+
 def test_inbound_call_with_pin_joins_active_and_is_not_approximate() -> None:
     script = CallScript(inbound=True).seen(0.0, "active").to(3.0, "hangup")
     record = only_end(run(script.left(3.01, R.CLIENT_INITIATED).events)[1])
