@@ -32,6 +32,7 @@ from monitor.model import (
 __all__ = ["ObserverHooks", "RoomObserver", "participant_of"]
 
 _SIP = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
+_CONNECTED = rtc.ConnectionState.CONN_CONNECTED
 # The observer's own end means the room is gone only for these reasons.
 _ROOM_GONE = frozenset({Reason.ROOM_DELETED, Reason.ROOM_CLOSED})
 
@@ -104,6 +105,11 @@ class RoomObserver:
             raise
         self._seed(Source.ROOM)
 
+    def reseed(self) -> None:
+        """Report the SIP participants in the room now (ParticipantSeen), if connected."""
+        if self.room is not None and self.room.connection_state == _CONNECTED:
+            self._seed(Source.ROOM)
+
     def _seed(self, source: Source) -> None:
         assert self.room is not None
         now = self.clock()
@@ -142,6 +148,12 @@ class RoomObserver:
                 )
 
         def disconnected_participant(remote: rtc.RemoteParticipant) -> None:
+            # While our own connection is being restored the SDK reports everyone as
+            # gone, with no reason, and as connected again once it is back (livekit
+            # 1.2.1). Only a connected room's word counts; a real leave during the gap
+            # still comes by webhook or by reconciliation.
+            if room.connection_state != _CONNECTED:
+                return
             if remote.kind == _SIP:
                 reason, raw = parse_reason(remote.disconnect_reason)
                 self.emit(

@@ -148,6 +148,7 @@ class _Tombstone:
     reason: Reason | None
     room: str
     identity: str
+    lost: bool = False  # ended as `lost`: no source had said how
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,17 +533,21 @@ class CallBook:
                     key,
                 )
             )
-        self._forget(final, pending.reason)
+        self._forget(final, pending.reason, lost=verdict.outcome is Outcome.LOST)
         return effects
 
-    def _forget(self, record: CallRecord, reason: Reason | None) -> None:
+    def _forget(self, record: CallRecord, reason: Reason | None, lost: bool) -> None:
         self._key_of_sid.pop(record.participant_sid, None)
         keys = self._keys_of_room[record.room]
         keys.discard(record.key)
         if not keys:
             del self._keys_of_room[record.room]
         self._tombstones[record.key] = _Tombstone(
-            self._clock + self.settings.tombstone_seconds, reason, record.room, record.identity
+            self._clock + self.settings.tombstone_seconds,
+            reason,
+            record.room,
+            record.identity,
+            lost,
         )
         # The sid maps to the tombstone too, so keyless late events find it.
         self._tombstones[f"sid:{record.participant_sid}"] = self._tombstones[record.key]
@@ -553,6 +558,18 @@ class CallBook:
     ) -> list[Effect]:
         """A late event for a final call: never restarts or re-ends it; says so if it differs."""
         stone = self._tombstones[key]
+        if isinstance(event, ParticipantLeft) and stone.lost:
+            # It was counted `lost`, and a source now says how it ended: the count
+            # stands (nothing is counted twice), the anomaly makes the miss visible.
+            return [
+                Anomaly(
+                    event.at,
+                    AnomalyKind.CONFLICTING_END,
+                    f"ended as lost, later told it left with {event.reason}",
+                    event.room,
+                    key,
+                )
+            ]
         if isinstance(event, ParticipantLeft):
             known = (event.reason, stone.reason)
             if None not in known and event.reason != stone.reason:

@@ -10,6 +10,7 @@ The protocol is JSON lines, one object a line, ids chosen by the monitor:
 
     stdin   {"op": "join", "id", "room", "url", "token", "within"}
             {"op": "leave", "id"}
+            {"op": "seed", "id"}                  report who is in the room now
     stdout  {"t": "joined", "id", "room_sid"}     {"t": "failed", "id", "error"}
             {"t": "event", "id", "line"}          a journal line (monitor/journal.py)
             {"t": "lost", "id", "reason"}         {"t": "left", "id"}
@@ -136,6 +137,10 @@ class _Observers:
                 )
             elif op == "leave":
                 self.spawn(self.leave(id_))
+            elif op == "seed":
+                observer = self.rooms.get(id_)
+                if observer is not None:
+                    observer.reseed()
             else:
                 raise ValueError(f"unknown op {op!r}")
         except (ValueError, KeyError, TypeError) as error:

@@ -77,6 +77,10 @@ class RoomLink:
     async def close(self) -> None:
         self.worker.leave(self)
 
+    def reseed(self) -> None:
+        """Have the room report the SIP participants in it now, as ParticipantSeen."""
+        self.worker.send({"op": "seed", "id": self.id})
+
     def mark_lost(self) -> None:
         if not self.lost.is_set():
             self.lost.set()

@@ -28,6 +28,8 @@ from monitor.machine import CallBook, MachineSettings
 from monitor.metrics import MonitorMetrics
 from monitor.model import (
     Anomaly,
+    AttributesChanged,
+    CallEnded,
     CallRecord,
     CallState,
     Effect,
@@ -130,7 +132,12 @@ class Monitor:
         self.rooms: dict[str, _RoomSlot] = {}
         self._running = False  # rooms are joined only while run() runs
         self._join_slots = asyncio.Semaphore(settings.max_concurrent_joins)
-        self._suspects: set[str] = set()
+        # "room\0sid" -> when a listing first missed a call; sid -> when a room
+        # connection last showed it. A listing can be wrong (redis lost its rooms):
+        # the room has the last word before a call is declared gone.
+        self._suspects: dict[str, float] = {}
+        self._suspect_rooms: set[str] = set()
+        self._room_seen: dict[str, float] = {}
         self._journal: JournalWriter | None = None
         self._journal_failing = False
         self._observer_serial = 0
@@ -156,6 +163,8 @@ class Monitor:
         """Journal one event, step the machine, and hand the effects to the sinks."""
         if not isinstance(event, Tick):
             self._write_journal(event)
+        if event.source is Source.ROOM and isinstance(event, ParticipantSeen | AttributesChanged):
+            self._room_seen[event.participant.sid] = self.clock()
         effects = self.book.step(event)
         for effect in effects:
             for sink in self.sinks:
@@ -167,6 +176,9 @@ class Monitor:
             self.metrics.event_processed(
                 str(event.source), type(event).__name__, max(0.0, self.clock() - event.at)
             )
+        for effect in effects:
+            if isinstance(effect, CallEnded):
+                self._room_seen.pop(effect.call.participant_sid, None)
         if self._running:
             self._rooms_touched(effects)
         return effects
@@ -206,6 +218,8 @@ class Monitor:
         whole-call mode; in setup mode the end then comes from the `participant_left`
         webhook and reconciliation.
         """
+        if room in self._suspect_rooms:
+            return True  # a listing missed a call there: the room is asked
         wanted = _LIVE_STATES if self.settings.stays_whole_call else _SETUP_STATES
         return any(call.state in wanted for call in self.book.calls_in_room(room))
 
@@ -373,12 +387,36 @@ class Monitor:
             for call in self.book.calls_in_room(room):
                 if call.state is not CallState.ENDING:
                     missing.add((room, call.participant_sid))
-        suspects = {f"{room}\0{sid}" for room, sid in missing}
+        suspects: dict[str, float] = {}
         for room, sid in sorted(missing):
-            if f"{room}\0{sid}" in self._suspects:
+            key = f"{room}\0{sid}"
+            since = self._suspects.get(key)
+            if since is None:
+                suspects[key] = now
+            elif self._room_seen.get(sid, float("-inf")) >= since:
+                # The room showed it after the listing first missed it: the listing
+                # is what is wrong. Keep asking the room; it says when the call ends.
+                suspects[key] = now
+            else:
                 self.submit(ParticipantVanished(now, Source.RECONCILE, room, sid))
+        cleared = self._suspect_rooms
         self._suspects = suspects
+        self._suspect_rooms = {key.split("\0", 1)[0] for key in suspects}
+        for room in sorted(self._suspect_rooms):
+            self._ask_room(room)
+        for room in cleared - self._suspect_rooms:
+            slot = self.rooms.get(room)
+            if slot is not None:
+                slot.wake.set()  # it may leave now
         self.metrics.reconcile_run(True, time.monotonic() - started)
+
+    def _ask_room(self, room: str) -> None:
+        """Have the room say who is in it: its connection reseeds, or one is made."""
+        slot = self.rooms.get(room)
+        if slot is not None and slot.observer is not None and not slot.observer.lost.is_set():
+            slot.observer.reseed()
+        elif slot is None and self._running:
+            self._start_watching(room)
 
     def _awaits_join_webhook(self, event: Event, known: set[str], now: float) -> bool:
         """Whether a listing's snapshot of a call not yet known should wait a pass.

@@ -436,6 +436,16 @@ def test_vanished_from_a_listing_is_lost_unless_the_hangup_was_seen() -> None:
     assert only_end(run(inbound_cancel.events)[1]).outcome is Outcome.ABANDONED
 
 
+def test_a_leave_told_after_a_call_was_counted_lost_is_an_anomaly_not_a_second_end() -> None:
+    """Listings lost the call (redis lost its rooms) and it was counted lost; its real
+    leave comes later. Counted once still; the anomaly says the lost was wrong."""
+    script = outbound().to(0.05, "active").vanished(30.0).tick(32.0)
+    script.left(40.0, R.CLIENT_INITIATED, source=Source.WEBHOOK, status="hangup")
+    _, effects = run(script.events)
+    assert only_end(effects).outcome is Outcome.LOST
+    assert anomalies(effects) == [AnomalyKind.END_WITHOUT_EVIDENCE, AnomalyKind.CONFLICTING_END]
+
+
 def test_vanished_for_an_unknown_participant_does_nothing() -> None:
     _, effects = run(CallScript().vanished(1.0).events)
     assert effects == []
