@@ -23,6 +23,7 @@ Fixtures:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
 import time
@@ -74,15 +75,24 @@ def monitor_port() -> int:
     return free_port()
 
 
-@pytest.fixture(scope="session")
-def stack(monitor_port: int) -> Iterator[Stack]:
-    """The stack of this test session: redis, livekit-server and the SIP simulator."""
+@contextlib.contextmanager
+def stack_sending_webhooks_to(port: int) -> Iterator[Stack]:
+    """A stack (short room timeouts, for tests) whose webhooks go to 127.0.0.1:port.
+
+    Modules that restart its parts, or count every call on it, start one of their own."""
     config = StackConfig(
-        webhook_urls=[f"http://127.0.0.1:{monitor_port}/webhook"],
+        webhook_urls=[f"http://127.0.0.1:{port}/webhook"],
         empty_timeout=5,
         departure_timeout=3,
     )
     with Stack.start(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def stack(monitor_port: int) -> Iterator[Stack]:
+    """The stack of this test session: redis, livekit-server and the SIP simulator."""
+    with stack_sending_webhooks_to(monitor_port) as running:
         yield running
 
 
@@ -111,6 +121,11 @@ class SipSetup:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def sip_setup(lkapi: api.LiveKitAPI) -> SipSetup:
     """An outbound trunk, an inbound trunk and an individual dispatch rule (`call-`)."""
+    return await create_sip_setup(lkapi)
+
+
+async def create_sip_setup(lkapi: api.LiveKitAPI) -> SipSetup:
+    """Create the trunks and dispatch rule of `sip_setup` on the stack `lkapi` talks to."""
     outbound = await lkapi.sip.create_outbound_trunk(
         api.CreateSIPOutboundTrunkRequest(
             trunk=api.SIPOutboundTrunkInfo(
@@ -176,6 +191,14 @@ PlaceCall = Callable[..., Awaitable[PlacedCall]]
 @pytest.fixture
 def place_call(lkapi: api.LiveKitAPI, sip_setup: SipSetup, ledger: Ledger) -> PlaceCall:
     """Dial through the outbound trunk and (by default) wait for the ledger's call_ended.
+
+    See `make_place_call`.
+    """
+    return make_place_call(lkapi, sip_setup, ledger)
+
+
+def make_place_call(lkapi: api.LiveKitAPI, sip_setup: SipSetup, ledger: Ledger) -> PlaceCall:
+    """What the `place_call` fixture gives, for any stack's API, trunks and ledger.
 
     `await place_call(number, room=..., identity=..., wait_until_answered=...,
     ring=..., talk=..., quirks=..., ringing_timeout=..., wait_for_end=True)`.
