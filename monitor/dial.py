@@ -73,15 +73,18 @@ async def create_sip_participant(
     api_key: str,
     api_secret: str,
     report_timeout: float = 2.0,
+    request_timeout: float | None = None,
 ) -> SIPParticipantInfo:
     """`lkapi.sip.create_sip_participant`, reporting a failed dial to the monitor.
 
     Only a dial with `wait_until_answered=True` can fail with a SIP code; without it
     the API returns once the participant joined, and the room tells the rest.
+    `request_timeout` is the API request's (livekit-api allows the ringing timeout plus
+    2 s by default, which a dial that takes long to set up can outlast).
     """
     identity = request.participant_identity or f"sip_{request.sip_call_to}"
     try:
-        return await lkapi.sip.create_sip_participant(request)
+        return await lkapi.sip.create_sip_participant(request, timeout=request_timeout)
     except api.TwirpError as error:
         if isinstance(error, api.SipCallError):
             code, phrase = error.sip_status_code, error.sip_status or ""

@@ -215,7 +215,10 @@ class CallBook:
             if key is not None and key in self._calls:
                 effects += self._begin_end(key, event.at, event.source, None, _NO_EVIDENCE)
         elif isinstance(event, RoomEnded):
-            strength = _NO_EVIDENCE if event.reason is None else _ROOM_REASON
+            # A room closes (ROOM_CLOSED) only once every participant has left: a call
+            # still live in it left unheard, so the close says nothing of how it ended.
+            unheard = event.reason is None or event.reason is Reason.ROOM_CLOSED
+            strength = _NO_EVIDENCE if unheard else _ROOM_REASON
             for key in sorted(self._keys_of_room.get(event.room, ())):
                 effects += self._begin_end(key, event.at, event.source, event.reason, strength)
         else:

@@ -207,9 +207,12 @@ class Dialer:
                     monitor_url=self.monitor_url,
                     api_key=self.stack.api_key,
                     api_secret=self.stack.api_secret,
+                    request_timeout=60,
                 )
             except api.TwirpError:
                 info = None
+            except TimeoutError:
+                pytest.fail(f"CreateSIPParticipant timed out for {dial}")
             if info is not None and dial.code in HUNG_UP_BY_US:
                 await asyncio.sleep(1.0)
                 await self.lkapi.room.remove_participant(

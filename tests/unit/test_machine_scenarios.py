@@ -446,6 +446,17 @@ def test_a_leave_told_after_a_call_was_counted_lost_is_an_anomaly_not_a_second_e
     assert anomalies(effects) == [AnomalyKind.END_WITHOUT_EVIDENCE, AnomalyKind.CONFLICTING_END]
 
 
+def test_a_room_that_closed_with_a_call_still_live_says_nothing_of_its_end() -> None:
+    """ROOM_CLOSED comes only once everyone left: the call's own leave went unheard
+    (seen when load delayed every source). Lost, unless its hangup was seen."""
+    unheard = outbound().to(0.05, "ringing").room_ended(9.0, R.ROOM_CLOSED).tick(11.0)
+    _, effects = run(unheard.events)
+    assert only_end(effects).outcome is Outcome.LOST
+    assert anomalies(effects) == [AnomalyKind.END_WITHOUT_EVIDENCE]
+    hung_up = outbound().to(0.05, "active").to(5.0, "hangup").room_ended(9.0, R.ROOM_CLOSED)
+    assert only_end(run(hung_up.events)[1]).outcome is Outcome.COMPLETED
+
+
 def test_vanished_for_an_unknown_participant_does_nothing() -> None:
     _, effects = run(CallScript().vanished(1.0).events)
     assert effects == []
