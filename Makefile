@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server prometheus prometheus-alertmanager jq lnav
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help demo replay-demo test test-unit lint fmt coverage build samples dashboards clean system-packages
+.PHONY: help demo replay-demo test test-unit lint fmt coverage build samples dashboards bench clean system-packages
 
 help:
 	@echo "make demo       the main job: a local stack, the monitor, real calls, live output"
@@ -27,6 +27,7 @@ help:
 	@echo "make build      install redis-server, build livekit-server and the SIP simulator"
 	@echo "make samples    regenerate samples/ from tests/fixtures/traces"
 	@echo "make dashboards regenerate dashboards/*.json from dashboards/*.py"
+	@echo "make bench      benchmarks on a local stack (BENCH_ARGS=--quick: a few minutes)"
 
 $(CURDIR)/.cache/tools/uv/bin/uv:
 	@echo ">> installing uv from PyPI into .cache/tools/uv"
@@ -83,6 +84,12 @@ samples: .venv/.synced
 
 dashboards: .venv/.synced
 	$(RUN) python -m dashboards.generate
+
+# Benchmarks, not tests: bench/README.md says what each number means; results are
+# written to bench/results/ and bench/RESULTS.md.
+BENCH_ARGS ?=
+bench: .venv/.synced
+	$(RUN) python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .cache/stack .pytest_cache .mypy_cache .ruff_cache .coverage

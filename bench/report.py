@@ -1,0 +1,544 @@
+"""bench/RESULTS.md from the JSON files in bench/results/: pure functions of their data.
+
+Every run is one JSON file; the Markdown has the targets (met or by how much missed),
+then one section per run, newest first, then bench/notes.md (hand-written: what the
+profile showed, caveats) as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["evaluate_targets", "fmt", "load_runs", "render", "table"]
+
+TARGET_SIZE = 1000
+RECONCILE_TARGET = "reconciliation's load on livekit-server below polling every 1 s, every size"
+
+
+def fmt(value: object, digits: int = 1, unit: str = "") -> str:
+    """A number for a table cell: rounded, with its unit; "-" for nothing."""
+    if value is None or (isinstance(value, bool) and not value):
+        return "-"
+    if isinstance(value, bool):
+        return "yes"
+    if isinstance(value, int):
+        text = f"{value:,}"
+    elif isinstance(value, float):
+        text = f"{value:,.{digits}f}"
+    else:
+        text = str(value)
+    return f"{text} {unit}".rstrip() if unit else text
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table; "|" inside a cell is escaped."""
+
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| " + " | ".join(cell(h) for h in headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
+    lines.extend("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def _get(doc: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(doc, Mapping):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+def _cell_name(cell: Mapping[str, Any]) -> str:
+    return f"{cell.get('size')} calls, {cell.get('mix')}, {cell.get('mode')}"
+
+
+def _pick(cells: Sequence[Mapping[str, Any]], mix: str, mode: str) -> Mapping[str, Any] | None:
+    """The cell at the target size if there is one, else the largest one carried
+    (else the largest one) of this mix and mode."""
+    mine = [c for c in cells if c.get("mix") == mix and c.get("mode") == mode]
+    if not mine:
+        return None
+    exact = [c for c in mine if c.get("size") == TARGET_SIZE]
+    if exact:
+        return exact[0]
+    carried = [c for c in mine if c.get("carried")]
+    return max(carried or mine, key=lambda c: int(c.get("size") or 0))
+
+
+def _verdict(measured: float | None, limit: float, unit: str, digits: int = 1) -> tuple[str, str]:
+    if measured is None:
+        return "not measured", "-"
+    if measured <= limit:
+        return "met", f"{fmt(limit - measured, digits, unit)} to spare"
+    return "**missed**", f"by {fmt(measured - limit, digits, unit)} (x{measured / limit:.2f})"
+
+
+def _where(cell: Mapping[str, Any]) -> str:
+    name = _cell_name(cell)
+    if cell.get("size") != TARGET_SIZE:
+        name += f" (not {TARGET_SIZE:,}: the largest size measured)"
+    if not cell.get("carried"):
+        name += ", not carried"
+    return name
+
+
+def evaluate_targets(run: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The issue's five targets against one run: where, measured, verdict, margin."""
+    cells: list[Mapping[str, Any]] = list(run.get("cells") or [])
+    rows: list[dict[str, str]] = []
+
+    def add(
+        target: str, cell: Mapping[str, Any] | None, measured: str, verdict: str, by: str
+    ) -> None:
+        rows.append(
+            {
+                "target": target,
+                "where": _where(cell) if cell is not None else "not run",
+                "measured": measured,
+                "verdict": verdict if cell is not None else "not measured",
+                "by": by if cell is not None else "-",
+            }
+        )
+
+    for mode in ("setup", "whole_call"):
+        cell = _pick(cells, "realistic", mode)
+        p99 = _get(cell, "latency_metrics", "target_changes_ms", "p99")
+        verdict, by = _verdict(p99, 50.0, "ms")
+        add(
+            "p99 change-to-metric latency < 50 ms at 1,000 calls",
+            cell,
+            fmt(p99, 1, "ms"),
+            verdict,
+            by,
+        )
+    for mode in ("setup", "whole_call"):
+        cell = _pick(cells, "realistic", mode)
+        rss = _get(cell, "derived", "monitor_rss_mib")
+        cpu = _get(cell, "derived", "monitor_cpu_cores")
+        rss_verdict, rss_by = _verdict(rss, 512.0, "MiB")
+        cpu_verdict, cpu_by = _verdict(cpu, 0.25, "cores", 3)
+        add("1,000 calls (realistic) within 512 MiB", cell, fmt(rss, 0, "MiB"), rss_verdict, rss_by)
+        add("... and within 1/4 of a core", cell, fmt(cpu, 3, "cores"), cpu_verdict, cpu_by)
+    cell = _pick(cells, "realistic", "setup")
+    kib = _get(cell, "derived", "main_rss_per_tracked_call_kib")
+    verdict, by = _verdict(kib, 20.0, "KiB")
+    add("a tracked call the observer is not in < 20 KiB", cell, fmt(kib, 1, "KiB"), verdict, by)
+    # Where the monitor processed the most events a second: the closest to 100/s.
+    busiest: tuple[float, float, Mapping[str, Any]] | None = None
+    for c in cells:
+        value = _get(c, "derived", "cpu_per_100_events_per_s")
+        events = _get(c, "derived", "steady_events_per_s")
+        if _number(value) and _number(events) and (busiest is None or events > busiest[0]):
+            busiest = (float(events), float(value), c)
+    if busiest is not None:
+        events, value, cell = busiest
+        verdict, by = _verdict(value * 100, 10.0, "% of a core")
+        marginal = _get(cell, "derived", "marginal_cpu_per_100_events_per_s")
+        measured = (
+            f"{value * 100:.1f}% of a core per 100 events/s (marginal "
+            f"{fmt(_pct(marginal), 1, '%')}) at {events:.0f} events/s, the busiest cell"
+        )
+        add("100 call events/s within 10% of a core", cell, measured, verdict, by)
+    else:
+        add("100 call events/s within 10% of a core", None, "-", "", "")
+    judged: list[tuple[Mapping[str, Any], bool, str]] = []
+    for c in cells:
+        name = f"{c.get('size')}/{c.get('mix')}/{c.get('mode')}"
+        rec_rps = _get(c, "derived", "reconcile_requests_per_s")
+        poll_rps = _get(c, "derived", "poll_1s_nominal_requests_per_s")
+        rec_cpu = _get(c, "derived", "reconcile_livekit_cpu_est")
+        poll_cpu = _get(c, "derived", "poll_1s_livekit_cpu_est")
+        if not (_number(rec_rps) and _number(poll_rps)):
+            continue
+        text = f"{name}: {rec_rps:.1f} vs {poll_rps:.0f} requests/s"
+        if _number(rec_cpu) and _number(poll_cpu):
+            text += f" ({rec_cpu * 100:.2f}% vs {poll_cpu * 100:.2f}% of a core)"
+        judged.append((c, rec_rps < poll_rps, text))
+    if judged:
+        failing = [c for c, ok, _ in judged if not ok]
+        sizes = sorted({int(c.get("size") or 0) for c, _, _ in judged})
+        rows.append(
+            {
+                "target": RECONCILE_TARGET,
+                "where": "sizes " + ", ".join(f"{s:,}" for s in sizes),
+                "measured": "ListRooms + ListParticipants per room listed every "
+                "reconciliation interval vs ListParticipants per live call every 1 s, both "
+                "on livekit-server (CPU: its measured cost per ListParticipants times the "
+                "rate): " + "; ".join(text for _, _, text in judged),
+                "verdict": "**missed**" if failing else "met",
+                "by": f"in {len(failing)} of {len(judged)} cells" if failing else "at every size",
+            }
+        )
+    else:
+        rows.append(
+            {
+                "target": RECONCILE_TARGET,
+                "where": "not run",
+                "measured": "-",
+                "verdict": "not measured",
+                "by": "-",
+            }
+        )
+    return rows
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _pct(value: object) -> float | None:
+    return float(value) * 100 if isinstance(value, int | float) else None
+
+
+def _ms(summary: Any, key: str = "p99") -> str:
+    value = _get(summary, key)
+    return fmt(value, 0) if value is not None else "-"
+
+
+def _run_section(run: Mapping[str, Any], name: str) -> str:
+    cells: list[Mapping[str, Any]] = list(run.get("cells") or [])
+    machine = run.get("machine") or {}
+    versions = run.get("versions") or {}
+    load = run.get("load_average") or {}
+    out: list[str] = [f"### Run {name}", ""]
+    out.append(f"- command: `{run.get('command', '?')}`")
+    out.append(
+        f"- when: {run.get('started_at', '?')} to {run.get('finished_at', '?')}; "
+        f"git {versions.get('git_commit', '?')}{' (dirty)' if versions.get('git_dirty') else ''}"
+    )
+    out.append(
+        f"- machine: {machine.get('cores')} cores, {fmt(_gib(machine.get('ram_bytes')), 1, 'GiB')} "
+        f"RAM, {machine.get('cpu_model')}, kernel {machine.get('kernel')}, "
+        f"Python {machine.get('python')}"
+    )
+    out.append(
+        f"- versions: livekit-server {versions.get('livekit_server')}, "
+        + ", ".join(f"{k} {v}" for k, v in sorted((versions.get("python_packages") or {}).items()))
+    )
+    out.append(
+        f"- load average before {load.get('before')}, after {load.get('after')}; "
+        f"{run.get('shared_note', '')}"
+    )
+    if run.get("stopped"):
+        out.append(f"- stopped series: {run.get('stopped')}")
+    out.append("")
+    if not cells:
+        out.append("No cell finished.")
+        return "\n".join(out)
+    out.append("Calls kept up, and whether the machine carried them:")
+    out.append("")
+    out.append(
+        table(
+            [
+                "size",
+                "mix",
+                "mode",
+                "calls up (mean)",
+                "placed",
+                "calls/s",
+                "API errors",
+                "carried",
+                "limit",
+            ],
+            [
+                [
+                    c.get("size"),
+                    c.get("mix"),
+                    c.get("mode"),
+                    fmt(c.get("live_calls_mean"), 0),
+                    fmt(_get(c, "load", "placed")),
+                    fmt(_get(c, "load", "calls_per_second"), 1),
+                    fmt(_get(c, "load", "api_errors")),
+                    "yes" if c.get("carried") else "**no**",
+                    _limit_text(c.get("limit")),
+                ]
+                for c in cells
+            ],
+        )
+    )
+    out += [
+        "",
+        "Change-to-metric latency, ms: ledger change to the first `/metrics` scrape "
+        "showing it (upper bound; scrapes every ~20 ms), p50 / p99 / max; and p99 to the "
+        "monitor's log line (no scrape resolution):",
+        "",
+    ]
+    changes = [
+        ("started", "join"),
+        ("to:ringing", "ringing"),
+        ("to:active", "active"),
+        ("to:hangup", "hangup"),
+        ("to:ending", "leave"),
+        ("ended_total", "leave to calls_ended"),
+    ]
+    rows = []
+    for c in cells:
+        by = _get(c, "latency_metrics", "by_change_ms") or {}
+        log_by = _get(c, "latency_log", "by_change_ms") or {}
+        row: list[object] = [c.get("size"), c.get("mix"), c.get("mode")]
+        for key, _label in changes:
+            s = by.get(key) or {}
+            row.append(
+                f"{_ms(s, 'p50')} / {_ms(s, 'p99')} / {_ms(s, 'max')} (n={s.get('n', 0)})"
+                if s.get("n")
+                else "-"
+            )
+        row.append(_ms(_get(c, "latency_metrics", "target_changes_ms")))
+        row.append(_ms(_get(c, "latency_log", "target_changes_ms")))
+        row.append(", ".join(f"{label} {_ms(log_by.get(key))}" for key, label in changes[1:5]))
+        rows.append(row)
+    out.append(
+        table(
+            [
+                "size",
+                "mix",
+                "mode",
+                *[label for _, label in changes],
+                "p99 all changes",
+                "p99 all, log",
+                "log p99 by change",
+            ],
+            rows,
+        )
+    )
+    out += [
+        "",
+        "The monitor in the `quiet` phase (scraped every 5 s): CPU in cores, RSS "
+        "(monitor + observer processes) in MiB:",
+        "",
+    ]
+    out.append(
+        table(
+            [
+                "size",
+                "mix",
+                "mode",
+                "CPU total",
+                "main",
+                "observers",
+                "RSS max",
+                "main",
+                "observers",
+                "rooms joined",
+                "KiB per call (all)",
+                "main KiB per tracked call",
+                "MiB per joined room",
+                "events/s (steady)",
+                "% core per 100 ev/s",
+                "/metrics KiB",
+                "ms CPU per scrape",
+            ],
+            [
+                [
+                    c.get("size"),
+                    c.get("mix"),
+                    c.get("mode"),
+                    fmt(_get(c, "derived", "monitor_cpu_cores"), 3),
+                    fmt(_get(c, "derived", "monitor_main_cpu_cores"), 3),
+                    fmt(_get(c, "phases", "quiet", "cpu_cores", "observers"), 3),
+                    fmt(_get(c, "derived", "monitor_rss_mib"), 0),
+                    fmt(_get(c, "derived", "monitor_main_rss_mib"), 0),
+                    fmt(_get(c, "derived", "observers_rss_mib"), 0),
+                    fmt(_get(c, "derived", "rooms_watched"), 0),
+                    fmt(_get(c, "derived", "monitor_rss_per_call_kib"), 0),
+                    fmt(_get(c, "derived", "main_rss_per_tracked_call_kib"), 1),
+                    fmt(_get(c, "derived", "observer_rss_per_joined_room_mib"), 2),
+                    fmt(_get(c, "derived", "steady_events_per_s"), 1),
+                    fmt(_pct(_get(c, "derived", "cpu_per_100_events_per_s")), 1),
+                    fmt(_get(c, "derived", "metrics_body_kib"), 0),
+                    fmt(_get(c, "derived", "metrics_scrape_cpu_ms"), 1),
+                ]
+                for c in cells
+            ],
+        )
+    )
+    out += [
+        "",
+        "livekit-server's CPU (cores) by phase, the poller's request rate, and the "
+        "monitor's restart (SIGKILL, away, start again):",
+        "",
+    ]
+    out.append(
+        table(
+            [
+                "size",
+                "mix",
+                "mode",
+                "without monitor",
+                "with monitor",
+                "+ poll 1 s",
+                "+ poll 100 ms",
+                "poll req/s (1 s / 100 ms)",
+                "ms CPU per ListParticipants",
+                "reconcile req/s",
+                "reconcile CPU est.",
+                "restart: ready",
+                "all live calls known",
+                "live calls",
+            ],
+            [
+                [
+                    c.get("size"),
+                    c.get("mix"),
+                    c.get("mode"),
+                    fmt(_get(c, "derived", "livekit_cpu_without_monitor"), 3),
+                    fmt(_get(c, "derived", "livekit_cpu_quiet"), 3),
+                    fmt(_get(c, "derived", "livekit_cpu_poll_1s"), 3),
+                    fmt(_get(c, "derived", "livekit_cpu_poll_100ms"), 3),
+                    f"{fmt(_get(c, 'derived', 'poll_1s_requests_per_s'), 0)} / "
+                    f"{fmt(_get(c, 'derived', 'poll_100ms_requests_per_s'), 0)}",
+                    fmt(_get(c, "derived", "poll_1s_livekit_ms_per_request"), 3),
+                    fmt(_get(c, "derived", "reconcile_requests_per_s"), 2),
+                    fmt(_get(c, "derived", "reconcile_livekit_cpu_est"), 4),
+                    fmt(_get(c, "restart", "ready_s"), 1, "s"),
+                    fmt(_get(c, "restart", "all_calls_known_s"), 1, "s"),
+                    fmt(_get(c, "restart", "live_calls_at_restart")),
+                ]
+                for c in cells
+            ],
+        )
+    )
+    out += [
+        "",
+        "The polling alternative (ListParticipants per room): latency p50 / p99 in ms "
+        "to see each status and the leave, and the share of changes it never saw:",
+        "",
+    ]
+    rows = []
+    for c in cells:
+        for phase in ("poll_1s", "poll_100ms"):
+            view = _get(c, "phases", phase, "poller_view") or {}
+            lat = view.get("latency_ms") or {}
+            missed = view.get("missed_ratio") or {}
+            rows.append(
+                [
+                    c.get("size"),
+                    c.get("mix"),
+                    c.get("mode"),
+                    phase.removeprefix("poll_"),
+                    *[
+                        f"{_ms(lat.get(s), 'p50')} / {_ms(lat.get(s))}"
+                        for s in ("ringing", "active", "left")
+                    ],
+                    *[
+                        fmt(_pct(missed.get(s)), 0, "%")
+                        for s in ("dialing", "ringing", "hangup", "left")
+                    ],
+                    f"{view.get('calls_never_seen', '-')} of "
+                    f"{view.get('whole_calls_in_window', '-')}",
+                    "no",
+                ]
+            )
+    out.append(
+        table(
+            [
+                "size",
+                "mix",
+                "mode",
+                "every",
+                "ringing",
+                "active",
+                "leave",
+                "missed dialing",
+                "missed ringing",
+                "missed hangup",
+                "missed leave",
+                "calls never seen",
+                "sees leave reason",
+            ],
+            rows,
+        )
+    )
+    for c in cells:
+        profile = _get(c, "phases", "quiet", "profile")
+        if isinstance(profile, Mapping):
+            out += ["", f"py-spy profile of the monitor, {_cell_name(c)}, quiet phase:", ""]
+            out.append(_profile_text(profile))
+    return "\n".join(out)
+
+
+def _profile_text(profile: Mapping[str, Any]) -> str:
+    summary = profile.get("summary")
+    if not isinstance(summary, Mapping):
+        return f"(no profile: {profile.get('error', 'py-spy failed')})"
+    lines: list[str] = [f"samples per process: {summary.get('samples')}", ""]
+    for process in ("monitor", "main", "observer"):
+        part = summary.get(process)
+        if not isinstance(part, Mapping):
+            continue
+        lines.append(f"{process}, busiest by own time:")
+        lines.append("")
+        lines.append(
+            table(
+                ["function", "share of samples"],
+                [[f"`{e['function']}`", f"{e['share']:.1%}"] for e in part.get("own", [])[:10]],
+            )
+        )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _limit_text(limit: object) -> str:
+    if not isinstance(limit, Mapping):
+        return "-"
+    evidence = "; ".join(str(e) for e in limit.get("evidence", []))
+    return f"**{limit.get('component')}**: {evidence}"
+
+
+def _gib(value: object) -> float | None:
+    return float(value) / 2**30 if isinstance(value, int | float) else None
+
+
+def load_runs(directory: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Every run file in `directory` as (name, data), newest first."""
+    runs = []
+    for path in sorted(directory.glob("*.json"), reverse=True):
+        try:
+            runs.append((path.stem, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    return runs
+
+
+def render(runs: Sequence[tuple[str, Mapping[str, Any]]], notes: str = "") -> str:
+    """The whole RESULTS.md."""
+    out = [
+        "# Benchmark results",
+        "",
+        "Generated by `python -m bench` (or `python -m bench --report-only`) from the run "
+        "files in `bench/results/`; hand-written notes come from `bench/notes.md`. What "
+        "each number means: `bench/README.md`.",
+        "",
+    ]
+    full = [(n, r) for n, r in runs if not r.get("quick")]
+    latest = full[0] if full else (runs[0] if runs else None)
+    if latest is None:
+        out.append("No runs yet.")
+    else:
+        name, run = latest
+        kind = "quick smoke run" if run.get("quick") else "run"
+        out += [f"## Targets (latest {kind}: {name})", ""]
+        out.append(
+            table(
+                ["target", "where", "measured", "verdict", "margin"],
+                [
+                    [r["target"], r["where"], r["measured"], r["verdict"], r["by"]]
+                    for r in evaluate_targets(run)
+                ],
+            )
+        )
+        out.append("")
+        out += ["## Runs", ""]
+        for run_name, data in runs:
+            out.append(_run_section(data, run_name + (" (quick)" if data.get("quick") else "")))
+            out.append("")
+    if notes.strip():
+        out += [notes.rstrip(), ""]
+    return "\n".join(out)

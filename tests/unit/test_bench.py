@@ -1,0 +1,157 @@
+"""The benchmark's pure parts: percentiles, summaries, counter matching, the Markdown.
+
+The benchmark itself (`python -m bench`) is not a test; these check only the arithmetic
+its numbers rest on and the report it writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.report import evaluate_targets, fmt, render, table
+from bench.stats import CounterPoll, counter_visibility, percentile, rate, summarize
+
+
+def test_percentile_interpolates_between_the_closest_ranks() -> None:
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 4.0
+    assert percentile(values, 50) == 2.5  # numpy's default ("linear") gives 2.5 too
+    assert percentile(values, 99) == pytest.approx(3.97)
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+
+
+def test_percentile_does_not_depend_on_the_order_of_its_input() -> None:
+    assert percentile([5.0, 1.0, 4.0, 2.0, 3.0], 90) == percentile([1, 2, 3, 4, 5], 90)
+
+
+@pytest.mark.parametrize("q", [-1.0, 100.5, float("nan")])
+def test_percentile_refuses_a_rank_outside_0_to_100(q: float) -> None:
+    with pytest.raises(ValueError, match="percentile"):
+        percentile([1.0], q)
+
+
+def test_summarize_scales_and_rounds() -> None:
+    summary = summarize([0.010, 0.020, 0.030, 0.040, 1.0], scale=1000.0)
+    assert summary["n"] == 5
+    assert summary["p50"] == 30.0
+    assert summary["max"] == 1000.0
+    assert summary["min"] == 10.0
+    assert summary["mean"] == 220.0
+    assert summary["p99"] == pytest.approx(961.6)
+    assert summarize([]) == {"n": 0}
+
+
+def test_rate_is_none_for_an_empty_interval_or_a_counter_reset() -> None:
+    assert rate(10.0, 30.0, 4.0) == 5.0
+    assert rate(10.0, 30.0, 0.0) is None
+    assert rate(30.0, 10.0, 4.0) is None
+
+
+def _poll(t: float, count: float, took: float = 0.005) -> CounterPoll:
+    return CounterPoll(t_send=t, t_recv=t + took, counts={"to:active": count})
+
+
+def test_each_increment_is_placed_between_two_scrapes() -> None:
+    polls = [_poll(0.00, 3), _poll(0.02, 3), _poll(0.04, 5), _poll(0.06, 6)]
+    seen = counter_visibility(polls, "to:active")
+    assert [(v.rank, v.after, round(v.by, 6)) for v in seen] == [
+        (4, 0.02, 0.045),
+        (5, 0.02, 0.045),
+        (6, 0.04, 0.065),
+    ]
+
+
+def test_increments_before_the_first_scrape_and_after_a_restart_are_not_attributed() -> None:
+    polls = [_poll(0.0, 10), _poll(0.02, 11), _poll(0.04, 0), _poll(0.06, 2)]
+    seen = counter_visibility(polls, "to:active")
+    assert [v.rank for v in seen] == [11]
+    assert counter_visibility([], "to:active") == []
+    assert counter_visibility(polls, "to:ringing") == []
+
+
+def test_fmt_and_table() -> None:
+    assert fmt(None) == "-"
+    assert fmt(1234) == "1,234"
+    assert fmt(0.12345, 3, "cores") == "0.123 cores"
+    assert fmt(True) == "yes"
+    assert table(["a", "b"], [[1, "x|y"]]) == "| a | b |\n|---|---|\n| 1 | x\\|y |"
+
+
+def _cell(size: int, mode: str, **derived: Any) -> dict[str, Any]:
+    return {
+        "size": size,
+        "mix": "realistic",
+        "mode": mode,
+        "carried": True,
+        "live_calls_mean": float(size),
+        "load": {"placed": size * 3, "api_errors": 0, "calls_per_second": 3.0},
+        "latency_metrics": {"target_changes_ms": {"n": 100, "p50": 20.0, "p99": 80.0}},
+        "derived": derived,
+    }
+
+
+def _run(*cells: dict[str, Any]) -> dict[str, Any]:
+    return {"command": "python -m bench", "cells": list(cells), "versions": {}, "machine": {}}
+
+
+def test_targets_name_where_they_were_measured_and_by_how_much_they_are_missed() -> None:
+    run = _run(
+        _cell(
+            100,
+            "setup",
+            monitor_rss_mib=300.0,
+            monitor_cpu_cores=0.3,
+            main_rss_per_tracked_call_kib=12.0,
+            cpu_per_100_events_per_s=0.05,
+            steady_events_per_s=40.0,
+            reconcile_requests_per_s=3.4,
+            poll_1s_nominal_requests_per_s=100.0,
+            reconcile_livekit_cpu_est=0.001,
+            poll_1s_livekit_cpu_est=0.03,
+        ),
+        _cell(500, "setup", monitor_rss_mib=600.0, monitor_cpu_cores=0.2),
+    )
+    rows = {(r["target"], r["where"]): r for r in evaluate_targets(run)}
+    by_target: dict[str, list[dict[str, str]]] = {}
+    for (target, _where), row in rows.items():
+        by_target.setdefault(target, []).append(row)
+    latency = by_target["p99 change-to-metric latency < 50 ms at 1,000 calls"]
+    setup = next(r for r in latency if "setup" in r["where"])
+    assert setup["verdict"] == "**missed**"
+    assert setup["by"] == "by 30.0 ms (x1.60)"
+    assert "500 calls" in setup["where"]
+    assert "not 1,000" in setup["where"]
+    whole = next(r for r in latency if r["where"] == "not run")
+    assert whole["verdict"] == "not measured"
+    memory = by_target["1,000 calls (realistic) within 512 MiB"][0]
+    assert (memory["verdict"], memory["by"]) == ("**missed**", "by 88.0 MiB (x1.17)")
+    cpu = by_target["... and within 1/4 of a core"][0]
+    assert cpu["verdict"] == "met"
+    tracked = by_target["a tracked call the observer is not in < 20 KiB"][0]
+    assert tracked["measured"] == "-"  # measured at 100, the largest size has none
+    assert tracked["verdict"] == "not measured"
+    events = by_target["100 call events/s within 10% of a core"][0]
+    assert events["verdict"] == "met"
+    reconcile = next(r for t, rs in by_target.items() if "reconciliation" in t for r in rs)
+    assert reconcile["verdict"] == "met"
+    assert (
+        "100/realistic/setup: 3.4 vs 100 requests/s (0.10% vs 3.00% of a core)"
+        in (reconcile["measured"])
+    )
+
+
+def test_render_shows_the_targets_every_run_and_the_notes() -> None:
+    run = _run(_cell(100, "setup", monitor_rss_mib=100.0, monitor_cpu_cores=0.1))
+    quick = {**_run(_cell(20, "setup")), "quick": True}
+    text = render([("20261126-quick", quick), ("20261125", run)], notes="## Notes\n\nhand-written")
+    assert text.startswith("# Benchmark results")
+    assert "## Targets (latest run: 20261125)" in text
+    assert "### Run 20261126-quick (quick)" in text
+    assert "### Run 20261125" in text
+    assert "| 100 | realistic | setup |" in text
+    assert text.rstrip().endswith("hand-written")
+    assert render([]).count("No runs yet.") == 1
