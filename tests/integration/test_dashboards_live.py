@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +27,7 @@ from stack import Stack
 from stack.config import free_port
 from tests.integration.conftest import PlaceCall, sim_number, unique_room
 from tests.integration.monitoring import running_monitor
+from tests.tools import system_tool
 
 pytestmark = pytest.mark.integration
 
@@ -41,9 +41,7 @@ class Prometheus:
     """A real Prometheus on loopback: scrapes the monitor, evaluates the rules."""
 
     def __init__(self, workdir: Path, target_port: int) -> None:
-        binary = shutil.which("prometheus")
-        if binary is None:
-            pytest.fail("prometheus is not installed: run `make system-packages`")
+        binary = system_tool("prometheus", "prometheus")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {

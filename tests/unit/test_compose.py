@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from monitor.config import SETTINGS, ConfigError, load_settings
+from tests.tools import system_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -747,9 +748,7 @@ def test_the_label_check_rejects_a_per_call_label() -> None:
 def test_promtool_accepts_the_config_with_the_rules_laid_out_as_in_the_container(
     compose: dict[str, Any], tmp_path: Path
 ) -> None:
-    promtool = shutil.which("promtool") or "/usr/bin/promtool"
-    if not Path(promtool).exists():
-        pytest.fail("promtool not found: install the Debian package prometheus")
+    promtool = system_tool("promtool", "prometheus")
     # Copy every file Prometheus gets to its path in the container, under tmp_path:
     # rule_files are resolved relative to the config file, as they are there.
     for mount in mounts("prometheus", compose["services"]["prometheus"]):
@@ -822,12 +821,7 @@ def test_alertmanager_routes_every_severity_of_the_rules(compose: dict[str, Any]
     assert severities, "no alert in prometheus/rules/*.yml"
     assert "" not in severities, "an alert without a severity label"
     assert alertmanager_problems(load_yaml(path), severities) == []
-    amtool = shutil.which("amtool")
-    if amtool is None:
-        pytest.skip(
-            "amtool not installed (Debian package prometheus-alertmanager): "
-            "alertmanager.yml checked for structure and routes only"
-        )
+    amtool = system_tool("amtool", "prometheus-alertmanager")
     done = subprocess.run(
         [amtool, "check-config", str(path)], capture_output=True, text=True, timeout=60, check=False
     )

@@ -10,9 +10,7 @@ and queries; (c) every PromQL expression, its Grafana variables replaced, passes
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from dashboards import generate
 from dashboards.core import concrete
 from monitor.metrics import MonitorMetrics
+from tests.tools import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
@@ -425,18 +424,6 @@ def test_failing_panels_link_to_the_logs_of_their_calls_in_explore() -> None:
 
 
 # ---- (c) every PromQL expression is valid -----------------------------------------------
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None and os.access("/usr/bin/promtool", os.X_OK):
-        found = "/usr/bin/promtool"
-    if found is None:
-        pytest.fail(
-            "promtool is not installed: install the Debian package `prometheus` "
-            "(apt-get install -y prometheus), which provides /usr/bin/promtool"
-        )
-    return found
 
 
 def check_rules(exprs: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from monitor.logs import (
 from monitor.machine import CallBook, MachineSettings
 from monitor.model import Anomaly, AnomalyKind, Event, Reason
 from monitor.privacy import NumberMasker
+from tests.tools import system_tool
 from tests.unit.script import T0, CallScript
 
 R = Reason
@@ -531,13 +531,7 @@ def test_the_readme_shows_the_tested_queries_as_they_are_in_the_docs() -> None:
 
 
 def need(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail(
-            f"{tool} is not installed; docs/logging.md's queries are tested with it: "
-            f"install the Debian package `{package}` (apt-get install -y {package})"
-        )
-    return path
+    return system_tool(tool, package, " (docs/logging.md's queries are tested with it)")
 
 
 def run_documented(command: str, log: Path, env: dict[str, str] | None = None) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import Iterable
 
@@ -20,6 +18,7 @@ from monitor.model import (
     Reason,
     Source,
 )
+from tests.tools import promtool
 from tests.unit.script import CallScript
 
 R = Reason
@@ -400,18 +399,6 @@ def registry_text(registry: CollectorRegistry) -> str:
 
 
 # ---- promtool ---------------------------------------------------------------------------
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None and os.access("/usr/bin/promtool", os.X_OK):
-        found = "/usr/bin/promtool"
-    if found is None:
-        pytest.fail(
-            "promtool is not installed: install the Debian package `prometheus` "
-            "(apt-get install -y prometheus), which provides /usr/bin/promtool"
-        )
-    return found
 
 
 def test_promtool_finds_no_problems_after_a_realistic_mix_of_calls() -> None:

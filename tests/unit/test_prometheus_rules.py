@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from monitor.machine import CallBook, MachineSettings
 from monitor.metrics import MonitorMetrics
 from monitor.model import AnomalyKind, Direction, Outcome
+from tests.tools import promtool
 from tests.unit.test_metrics import mixed_calls
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +38,6 @@ RULES_DIR = ROOT / "prometheus" / "rules"
 TESTS_DIR = ROOT / "prometheus" / "tests"
 RUNBOOKS_DIR = ROOT / "docs" / "runbooks"
 PROMETHEUS_README = ROOT / "prometheus" / "README.md"
-PROMTOOL = "/usr/bin/promtool"
 
 RUNBOOK_BASE = (
     "https://github.com/livekit-call-monitor/livekit-call-monitor/blob/main/docs/runbooks/"
@@ -251,16 +251,6 @@ def documentation_problems(rules: list[Rule], readme: Path) -> list[str]:
 
 
 # ---- promtool -----------------------------------------------------------------------------
-
-
-def promtool() -> str:
-    found = PROMTOOL if Path(PROMTOOL).is_file() else shutil.which("promtool")
-    if found is None:
-        pytest.fail(
-            f"promtool is not installed (looked for {PROMTOOL} and on PATH): install the "
-            "Debian package `prometheus` (apt-get install -y prometheus), which provides it"
-        )
-    return found
 
 
 def run_promtool(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
