@@ -435,7 +435,8 @@ async def test_fifty_rooms_at_once_repeatedly_leave_nothing_behind_and_memory_fl
         for round_ in range(4):
             rooms = [unique_room(f"many{round_}") for _ in range(50)]
             calls = [
-                place_call(sim_number("00"), room=room, ring=1.0, talk=1.0, end_timeout=90)
+                # Rings long enough for 50 joins, 16 at a time, to be made while it rings.
+                place_call(sim_number("00"), room=room, ring=3.0, talk=2.0, end_timeout=90)
                 for room in rooms
             ]
             placed += await asyncio.gather(*calls)
@@ -483,8 +484,9 @@ async def test_fifty_rooms_at_once_repeatedly_leave_nothing_behind_and_memory_fl
             assert record.ambiguity, record
             unseen_answers += 1
     print(f"answers the monitor could not see (joined too late): {unseen_answers} of 200")
-    # Processes were replaced as they wore out, several a round.
-    assert started >= 8, started
+    # Processes were replaced as they wore out (the first two are the first one and its
+    # spare).
+    assert started >= 4, started
     print(f"RSS of the monitor and its observers after each round of 50: {rss} MiB")
     # Python's own heap is flat once the first round warmed up; the allowance covers
     # what the test itself keeps (every effect, about 50 blocks a call).
@@ -580,10 +582,13 @@ def rss_mib(pid: int) -> float:
         return round(int(statm.read().split()[1]) * resource.getpagesize() / 2**20, 1)
 
 
+@pytest.mark.parametrize("phase", ["ringing", "active"])
 async def test_a_monitor_killed_mid_call_and_restarted_counts_the_call_once(
-    stack: Stack, monitor_port: int, place_call: PlaceCall, tmp_path: Path
+    stack: Stack, monitor_port: int, place_call: PlaceCall, tmp_path: Path, phase: str
 ) -> None:
-    """SIGKILL, as an OOM killer or a node failure would: no shutdown, no drain."""
+    """SIGKILL, as an OOM killer or a node failure would: no shutdown, no drain; its
+    observer processes see their input end and leave their rooms. Killed while the
+    callee rings, or while the call is up."""
     env = {
         **os.environ,
         **stack.env(),
@@ -614,8 +619,9 @@ async def test_a_monitor_killed_mid_call_and_restarted_counts_the_call_once(
     first = start(first_log)
     try:
         await wait_log(first_log, lambda e: e.get("event") == "readiness_changed")
-        call = asyncio.ensure_future(place_call(sim_number("00"), room=room, ring=RING, talk=5.0))
-        await wait_log(first_log, lambda e: e.get("room") == room and e.get("state") == "active")
+        ring = 6.0 if phase == "ringing" else RING
+        call = asyncio.ensure_future(place_call(sim_number("00"), room=room, ring=ring, talk=5.0))
+        await wait_log(first_log, lambda e: e.get("room") == room and e.get("state") == phase)
         first.kill()
         first.wait()
         second = start(second_log)
