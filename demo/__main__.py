@@ -131,7 +131,8 @@ async def place(
         room_name=room,
         participant_identity="callee",
         wait_until_answered=call.wait_until_answered,
-        headers={"X-Sim-Ring": "1.5", "X-Sim-Talk": "4"},
+        # A carrier's post-dial delay before the 18x, then ring and talk times.
+        headers={"X-Sim-PDD": "0.8", "X-Sim-Ring": "1.5", "X-Sim-Talk": "4"},
     )
     if call.ringing_timeout is not None:
         request.ringing_timeout.FromSeconds(int(call.ringing_timeout))
@@ -142,6 +143,8 @@ async def place(
             monitor_url=monitor_url,
             api_key=stack.api_key,
             api_secret=stack.api_secret,
+            # livekit-api allows a dial only its ringing timeout plus 2 s by default.
+            request_timeout=60,
         )
     if call.hang_up_after is not None:
         await asyncio.sleep(call.hang_up_after)
