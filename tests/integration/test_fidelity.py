@@ -216,7 +216,9 @@ class View:
     keys_seen: frozenset[str]
     statuses: tuple[str, ...]
     changes: tuple[frozenset[str], ...]
-    published: bool
+    # None: cannot tell. A track published before the observer connected comes with
+    # the participant already present, and no track_published event.
+    published: bool | None
     left_reason: str | None
     left_status: str | None
     server_end: str | None
@@ -249,7 +251,13 @@ def view_of(events: Sequence[Mapping[str, Any]]) -> View:
         changes=tuple(
             frozenset(e["changed"]) for e in mine if e["event"] == "participant_attributes_changed"
         ),
-        published=any(e["event"] == "track_published" for e in mine),
+        published=(
+            True
+            if any(e["event"] == "track_published" for e in mine)
+            else None
+            if mine and mine[0]["event"] == "already_present"
+            else False
+        ),
         left_reason=left["disconnect_reason"] if left else None,
         left_status=left["attributes"].get("sip.callStatus") if left else None,
         server_end=(
@@ -291,6 +299,12 @@ def timing_mismatches(recorded: Mapping[str, float], observed: Mapping[str, floa
     return problems
 
 
+def differs(name: str, recorded: object, observed: object) -> bool:
+    if name == "published" and None in (recorded, observed):
+        return False  # one observer arrived after the track: it cannot tell
+    return recorded != observed
+
+
 def room_mismatches(
     recording: Trace, seen: Sequence[Mapping[str, Any]], observed_anchor: float
 ) -> list[str]:
@@ -299,7 +313,7 @@ def room_mismatches(
     problems = [
         f"{name}: recorded {getattr(recorded, name)}, observed {getattr(observed, name)}"
         for name in View.__slots__
-        if getattr(recorded, name) != getattr(observed, name)
+        if differs(name, getattr(recorded, name), getattr(observed, name))
     ]
     return problems + timing_mismatches(
         milestones(recording.events, recording.anchor), milestones(seen, observed_anchor)
