@@ -57,7 +57,13 @@ async def report_dial_failure(
             timeout=aiohttp.ClientTimeout(total=report_timeout),
         ) as response:
             return response.status == 202
-    except (aiohttp.ClientError, TimeoutError) as error:
+    except TimeoutError:
+        # str() of a TimeoutError is empty: say what timed out.
+        _log.warning(
+            "call monitor did not answer within %.1f s, dial failure not reported", report_timeout
+        )
+        return False
+    except aiohttp.ClientError as error:
         _log.warning("call monitor unreachable, dial failure not reported: %s", error)
         return False
     finally:

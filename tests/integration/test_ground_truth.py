@@ -179,6 +179,10 @@ class Dialer:
     ) -> None:
         self.stack, self.lkapi, self.sip = stack, lkapi, sip
         self.monitor_url = f"http://127.0.0.1:{monitor_port}"
+        # One reader for every dial: a reader of its own per dial would parse the whole
+        # ledger each time, and that parsing stalls the loop the monitor under test runs
+        # in (0.5 s stalls at 200 calls, enough to time out the dial hook's report).
+        self.ledger: Ledger = stack.ledger()
         self.gate = asyncio.Semaphore(AT_ONCE)
 
     async def place(self, dial: Dial) -> CallEnded:
@@ -218,9 +222,10 @@ class Dialer:
                 await self.lkapi.room.remove_participant(
                     api.RoomParticipantIdentity(room=dial.room, identity="callee")
                 )
-            ledger: Ledger = self.stack.ledger()
             async with asyncio.timeout(60):
-                return await ledger.await_call_ended(room=dial.room, participant_identity="callee")
+                return await self.ledger.await_call_ended(
+                    room=dial.room, participant_identity="callee"
+                )
 
 
 def ended_counts(monitor: Monitor) -> Counter[str]:
@@ -289,10 +294,17 @@ def check_against_ledger(
         if str(record.direction) != truth.direction:
             problems.append(f"direction {record.direction}")
         if problems:
+            # What the monitor's log says of the call: which source told it what, and when.
+            story = [
+                (line.get("event"), line.get("source"), line.get("status"), line.get("reason"))
+                for line in logged
+                if line.get("room") == room
+            ]
             wrong.append(
                 f"{room} {truth.scenario} {quirks}: want {want}, got "
                 + "; ".join(problems)
-                + f" (ledger {truth.statuses})"
+                + f" (ledger {truth.statuses}; sources {sorted(map(str, record.sources))};"
+                + f" log {story[:12]})"
             )
     assert not wrong, f"{len(wrong)} of {len(truths)} calls differ from the ledger:\n" + "\n".join(
         wrong
@@ -362,6 +374,7 @@ async def test_inbound_calls_with_their_quirks_match_the_ledger(
     log = CallLog(structlog.get_logger(), NumberMasker(enabled=False))
 
     quirks_of: dict[str, tuple[str, ...]] = {}
+    ledger = truth_stack.ledger()
 
     async def call(n: int, scenario: str, quirks: tuple[str, ...]) -> tuple[str, CallEnded]:
         body: dict[str, object] = {
@@ -381,7 +394,7 @@ async def test_inbound_calls_with_their_quirks_match_the_ledger(
             answerers.append(answerer)
             await answerer.connect(truth_stack)
         async with asyncio.timeout(60):
-            end = await truth_stack.ledger().await_call_ended(call_id=started["call_id"])
+            end = await ledger.await_call_ended(call_id=started["call_id"])
         return str(started["room"]), end
 
     plan = [

@@ -6,9 +6,12 @@ signs them (a JWT with the body's sha256), and verified by its WebhookReceiver.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import logging
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -21,6 +24,7 @@ from livekit import api
 from livekit.protocol import models, webhook
 
 from monitor.config import load_settings
+from monitor.dial import report_dial_failure
 from monitor.http import build_app
 from monitor.model import DialFailed, Event, ParticipantLeft, ParticipantSeen, Reason, RoomEnded
 from monitor.service import Monitor
@@ -79,6 +83,13 @@ def participant_left_body(number: str = "+15551112222") -> str:
         ),
     )
     return MessageToJson(event)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def sample(monitor: Monitor, name: str, labels: dict[str, str]) -> float:
@@ -205,6 +216,55 @@ async def test_dial_hook_needs_our_token_and_a_valid_body(
         sample(monitor, "call_monitor_http_bad_requests_total", {"endpoint": "dial", "code": "400"})
         == 8
     )
+
+
+async def test_the_dial_hook_reports_to_the_monitor_and_never_waits_long(
+    served: tuple[Monitor, Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`report_dial_failure` reaches the monitor's /dial; a monitor that is down or too
+    slow costs the dialing code at most the report timeout, with a warning that says
+    which."""
+    monitor, client = served
+
+    async def report(url: str, wait: float = 2.0) -> bool:
+        return await report_dial_failure(
+            monitor_url=url,
+            api_key=KEY,
+            api_secret=SECRET,
+            room="call-h",
+            participant_identity="callee",
+            sip_status_code=603,
+            sip_status="Decline",
+            report_timeout=wait,
+        )
+
+    assert await report(str(client.make_url("/")))
+    [event] = queued(monitor)
+    assert isinstance(event, DialFailed)
+    assert (event.room, event.sip_status_code, event.sip_status) == ("call-h", 603, "Decline")
+
+    async def never_answers(request: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.Response(status=202)
+
+    slow_app = web.Application()
+    slow_app.router.add_post("/dial", never_answers)
+    slow: Client = TestClient(TestServer(slow_app))
+    await slow.start_server()
+    try:
+        with caplog.at_level(logging.WARNING, logger="call_monitor.dial"):
+            async with asyncio.timeout(5):
+                reported = await report(str(slow.make_url("/")), wait=0.3)
+    finally:
+        await slow.close()
+    assert not reported
+    assert "did not answer within 0.3 s" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="call_monitor.dial"):
+        reported = await report(f"http://127.0.0.1:{closed_port()}")
+    assert not reported
+    assert "call monitor unreachable" in caplog.text
 
 
 async def test_calls_lists_live_calls_masked_and_needs_our_token(
