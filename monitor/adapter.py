@@ -29,7 +29,7 @@ from monitor.model import (
     parse_reason,
 )
 
-__all__ = ["ObserverHooks", "RoomObserver", "participant_of"]
+__all__ = ["ObserverHooks", "RoomObserver", "native_logs_to_stderr", "participant_of"]
 
 _SIP = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
 _CONNECTED = rtc.ConnectionState.CONN_CONNECTED
@@ -47,6 +47,32 @@ def _leave_once_connected(room: rtc.Room, connecting: asyncio.Future[None]) -> N
     task = asyncio.ensure_future(room.disconnect())
     _leaving.add(task)
     task.add_done_callback(_leaving.discard)
+
+
+def native_logs_to_stderr() -> bool:
+    """Have the SDK's native library log to stderr (filtered by `RUST_LOG`) instead of
+    handing every record to Python; True if it could be switched.
+
+    livekit 1.2.1 initializes its native library with `capture_logs=true`, and its
+    logger then forwards every record at every level, trace included: about 1,300
+    per join and 30 to 60 a second per joined room, formatted, sent across the FFI,
+    parsed in Python and dropped there (bench/notes.md). That was half the CPU of a
+    join. The library takes a second initialization as a new configuration (livekit-ffi
+    `FfiServer::setup` replaces it), so it is initialized again with capture off; the
+    SDK has no public switch for it, hence the private names, checked here so that an
+    SDK that moved them keeps its logging as it was.
+    """
+    try:
+        from livekit.rtc import _ffi_client
+        from livekit.rtc.version import __version__
+
+        library = _ffi_client.FfiClient.instance._ffi_lib
+        library.livekit_ffi_initialize(
+            _ffi_client.ffi_event_callback, False, b"python", __version__.encode("ascii")
+        )
+    except (ImportError, AttributeError, TypeError):
+        return False
+    return True
 
 
 def participant_of(remote: rtc.Participant) -> Participant:

@@ -16,7 +16,11 @@ The protocol is JSON lines, one object a line, ids chosen by the monitor:
             {"t": "lost", "id", "reason"}         {"t": "left", "id"}
             {"t": "reconnecting", "id"}           {"t": "reconnected", "id"}
             {"t": "log", "logger", "level", "message"}
-            {"t": "ready"}                        loaded, reading commands
+            {"t": "ready", "native_logs"}         loaded, reading commands; where the
+                                                  SDK's native records go: "stderr" or
+                                                  "python" (at debug level)
+    stderr  the native library's log records (env_logger's format, filtered by
+            RUST_LOG), and anything else the process prints; the monitor logs it
 
 End of input closes every room and ends the process.
 """
@@ -30,7 +34,7 @@ import os
 import sys
 from typing import Any, TextIO
 
-from monitor.adapter import ObserverHooks, RoomObserver
+from monitor.adapter import ObserverHooks, RoomObserver, native_logs_to_stderr
 from monitor.journal import encode_event
 from monitor.model import Event, Reason
 
@@ -151,12 +155,12 @@ class _Observers:
         await asyncio.gather(*(observer.close() for observer in rooms), return_exceptions=True)
 
 
-async def _serve(channel: _Channel) -> None:
+async def _serve(channel: _Channel, native_logs: str) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_MAX_LINE)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     observers = _Observers(channel)
-    channel.send({"t": "ready"})
+    channel.send({"t": "ready", "native_logs": native_logs})
     try:
         while line := await reader.readline():
             observers.command(line)
@@ -173,7 +177,16 @@ def main() -> None:
     sdk.setLevel(level)
     sdk.addHandler(_ForwardLogs(channel))
     sdk.propagate = False
-    asyncio.run(_serve(channel))
+    # Below debug, the native library's records go to stderr, filtered there by
+    # RUST_LOG, and the monitor logs what comes through; at debug, all of them come
+    # through Python as the SDK sends them.
+    native_logs = "python"
+    if level > logging.DEBUG:
+        if native_logs_to_stderr():
+            native_logs = "stderr"
+        else:
+            sdk.warning("the SDK's native log capture could not be switched off")
+    asyncio.run(_serve(channel, native_logs))
 
 
 if __name__ == "__main__":

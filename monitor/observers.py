@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ import structlog
 from monitor.journal import Header, JournalError, decode_line
 from monitor.model import Event
 
-__all__ = ["JoinFailed", "LinkHooks", "ObserverPool", "RoomLink"]
+__all__ = ["JoinFailed", "LinkHooks", "ObserverPool", "RoomLink", "native_record"]
 
 log = structlog.get_logger("call_monitor")
 
@@ -39,6 +41,29 @@ log = structlog.get_logger("call_monitor")
 _ANSWER_SLACK_SECONDS = 5.0
 # How long a process has to close its rooms and exit before it is killed.
 _EXIT_SECONDS = 10.0
+# The SDK's native library logs to the process's stderr (observer_worker.py) in
+# env_logger's format: "[2026-12-03T23:55:01Z WARN  livekit::rtc_engine] message".
+_NATIVE_LINE = re.compile(r"\[\S+\s+(ERROR|WARN|INFO|DEBUG|TRACE)\s+([^\]\s]*)\s*\]\s?(.*)")
+_NATIVE_LEVELS = {
+    "ERROR": logging.ERROR,
+    "WARN": logging.WARNING,
+    "INFO": logging.INFO,
+    "DEBUG": logging.DEBUG,
+    "TRACE": logging.DEBUG,
+}
+# What of the native library's records reach the log, unless RUST_LOG says otherwise.
+_NATIVE_FILTER = "warn"
+# A line of stderr longer than this is cut (a runaway native log line).
+_MAX_STDERR_LINE = 8192
+
+
+def native_record(line: str) -> tuple[int, str, str] | None:
+    """(logging level, target, message) of a native log line, None if it is not one."""
+    native = _NATIVE_LINE.fullmatch(line)
+    if native is None:
+        return None
+    level, target, message = native.groups()
+    return _NATIVE_LEVELS[level], target, message
 
 
 class JoinFailed(Exception):
@@ -102,8 +127,10 @@ class _Worker:
         self.moving = False
         self.exited = asyncio.Event()
         self.ready = asyncio.Event()  # loaded and reading commands
+        self.native_logs = ""  # where the SDK's native log records go, once ready
         self.tasks: set[asyncio.Task[None]] = set()
         self._spawn_task(self._read(), f"observer-process-{serial}")
+        self._spawn_task(self._read_stderr(), f"observer-process-{serial}-stderr")
 
     @property
     def closed(self) -> int:
@@ -186,6 +213,30 @@ class _Worker:
             level = logging.INFO if code == 0 else logging.WARNING
             log.log(level, "observer_process_exited", process=self.serial, returncode=code)
 
+    async def _read_stderr(self) -> None:
+        """The process's stderr, read to its end so it never blocks on a full pipe: the
+        native library's log records, and anything else (a traceback, a panic)."""
+        stderr = self.process.stderr
+        assert stderr is not None
+        while True:
+            try:
+                line = await stderr.readline()
+            except ValueError:  # longer than the stream's limit: take what is buffered
+                line = await stderr.read(_MAX_STDERR_LINE)
+            if not line:
+                return
+            self._log_stderr(line[:_MAX_STDERR_LINE].decode("utf-8", "replace").rstrip())
+
+    def _log_stderr(self, text: str) -> None:
+        if not text:
+            return
+        native = native_record(text)
+        if native is not None:
+            level, target, message = native
+            logging.getLogger("livekit").log(level, "%s - %s", target, message)
+        else:
+            log.warning("observer_process_stderr", process=self.serial, line=text)
+
     def _dispatch(self, line: bytes) -> None:
         try:
             message = json.loads(line)
@@ -196,6 +247,7 @@ class _Worker:
                 )
                 return
             if kind == "ready":
+                self.native_logs = str(message.get("native_logs", ""))
                 self.ready.set()
                 return
             link = self.links.get(int(message["id"]))
@@ -302,7 +354,9 @@ class ObserverPool:
             str(self.sdk_log_level),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             limit=2**22,
+            env={"RUST_LOG": _NATIVE_FILTER, **os.environ},
         )
         worker = _Worker(self.started, process, self.submit)
         self.workers.append(worker)

@@ -36,6 +36,7 @@ from monitor.logs import (
 )
 from monitor.machine import CallBook, MachineSettings
 from monitor.model import Anomaly, AnomalyKind, Event, Reason
+from monitor.observers import native_record
 from monitor.privacy import NumberMasker
 from tests.tools import system_tool
 from tests.unit.script import T0, CallScript
@@ -652,3 +653,38 @@ def test_lnav_shows_one_calls_whole_history_by_call_id(
 ) -> None:
     rows = lnav("call-history", captured, lnav_home)
     assert [row["log_body"] for row in rows] == CALL_HISTORY
+
+
+@pytest.mark.parametrize(
+    ("line", "want"),
+    [
+        (
+            "[2026-12-03T23:36:08Z WARN  livekit::rtc_engine] failed to connect: Signal(...),"
+            " retrying... (1/3)",
+            (
+                logging.WARNING,
+                "livekit::rtc_engine",
+                "failed to connect: Signal(...), retrying... (1/3)",
+            ),
+        ),
+        (
+            "[2026-12-03T23:36:08Z ERROR livekit_ffi::room_apis::server::room] error while"
+            " connecting to a room: engine: signal failure",
+            (
+                logging.ERROR,
+                "livekit_ffi::room_apis::server::room",
+                "error while connecting to a room: engine: signal failure",
+            ),
+        ),
+        ("[2026-12-03T23:36:08Z TRACE libwebrtc] x", (logging.DEBUG, "libwebrtc", "x")),
+        ("Traceback (most recent call last):", None),
+        ("thread 'tokio-runtime-worker' panicked at src/server/mod.rs:10:5:", None),
+        ("[not a record] at all", None),
+    ],
+)
+def test_observer_process_stderr_lines_are_read_as_native_records_or_not(
+    line: str, want: tuple[int, str, str] | None
+) -> None:
+    """The native library logs to the observer process's stderr in env_logger's format;
+    anything else there (a traceback, a panic) is logged as a line of its own."""
+    assert native_record(line) == want
