@@ -6,6 +6,10 @@ its numbers rest on and the report it writes.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -155,3 +159,21 @@ def test_render_shows_the_targets_every_run_and_the_notes() -> None:
     assert "| 100 | realistic | setup |" in text
     assert text.rstrip().endswith("hand-written")
     assert render([]).count("No runs yet.") == 1
+
+
+def test_the_hot_path_benchmark_plays_every_call_to_its_end(tmp_path: Path) -> None:
+    """`python -m bench.hot_path` fails unless /metrics counts every call it played as
+    completed; it writes CPU per event and the busiest functions."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hot_path", "--calls", "30", "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    [written] = tmp_path.glob("hot-path-*.json")
+    run = json.loads(written.read_text())
+    assert run["unprofiled"]["events"] == 30 * 4 + 1
+    assert run["unprofiled"]["cpu_ms_per_event"] > 0
+    assert len(run["profiled"]["top"]) == 15
