@@ -634,6 +634,13 @@ def derive(cell: Mapping[str, Any]) -> dict[str, Any]:
         )
         derived["steady_events_per_s"] = round(eps, 2)
         derived["steady_monitor_cpu_cores"] = round(monitor_cpu, 4)
+        # The main process alone: the events' own path, without the observers' joins.
+        mains = [p for p in steady if isinstance(_get(p, "cpu_cores", "monitor_main"), int | float)]
+        if mains and eps:
+            main_cpu = sum(
+                float(p["cpu_cores"]["monitor_main"]) * float(p["seconds"]) for p in mains
+            ) / sum(float(p["seconds"]) for p in mains)
+            derived["main_cpu_per_100_events_per_s"] = round(main_cpu / (eps / 100), 4)
     if eps and monitor_cpu is not None:
         derived["cpu_per_100_events_per_s"] = round(monitor_cpu / (eps / 100), 4)
         idle = base_cpu.get("monitor")

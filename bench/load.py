@@ -44,18 +44,27 @@ class Outcome:
 @dataclass(frozen=True, slots=True)
 class Mix:
     name: str
-    ring: tuple[float, float]  # seconds, uniform
+    # Post-dial delay, INVITE to the 18x: carriers take 0.5 to a few seconds, and an
+    # observer that joins when the participant appears is in the room before it.
+    pdd: tuple[float, float]  # seconds, uniform
+    ring: tuple[float, float]  # seconds from the 18x, uniform
     talk: tuple[float, float]
     outcomes: tuple[Outcome, ...]
     description: str
 
-    def draw(self, rng: random.Random) -> tuple[Outcome, float, float]:
+    def draw(self, rng: random.Random) -> tuple[Outcome, float, float, float]:
+        """An outcome, and its post-dial delay, ring and talk times."""
         outcome = rng.choices(self.outcomes, weights=[o.weight for o in self.outcomes])[0]
-        return outcome, round(rng.uniform(*self.ring), 2), round(rng.uniform(*self.talk), 2)
+        return (
+            outcome,
+            round(rng.uniform(*self.pdd), 2),
+            round(rng.uniform(*self.ring), 2),
+            round(rng.uniform(*self.talk), 2),
+        )
 
     def mean_seconds(self) -> float:
         """Roughly how long a call lasts (setup included), for the placement rate needed."""
-        ring = sum(self.ring) / 2
+        ring = sum(self.pdd) / 2 + sum(self.ring) / 2
         talk = sum(self.talk) / 2
         total = sum(o.weight for o in self.outcomes)
         answered = sum(o.weight for o in self.outcomes if o.code in ("00", "01")) / total
@@ -65,6 +74,7 @@ class Mix:
 MIXES: dict[str, Mix] = {
     "realistic": Mix(
         "realistic",
+        pdd=(0.5, 2.5),
         ring=(2.0, 5.0),
         talk=(20.0, 40.0),
         outcomes=(
@@ -75,13 +85,14 @@ MIXES: dict[str, Mix] = {
             Outcome("09", "no answer", 4, no_answer=True),
         ),
         description=(
-            "ring 2-5 s, talk 20-40 s; 85% answered (80% callee hangs up, 5% we remove "
-            "the participant), 7% busy, 4% declined, 4% no answer: about one call in "
-            "eight is being set up at any moment"
+            "post-dial delay 0.5-2.5 s, ring 2-5 s, talk 20-40 s; 85% answered (80% "
+            "callee hangs up, 5% we remove the participant), 7% busy, 4% declined, 4% no "
+            "answer: about one call in seven is being set up at any moment"
         ),
     ),
     "setup-heavy": Mix(
         "setup-heavy",
+        pdd=(0.3, 1.0),
         ring=(1.0, 3.0),
         talk=(1.0, 3.0),
         outcomes=(
@@ -92,8 +103,8 @@ MIXES: dict[str, Mix] = {
             Outcome("09", "no answer", 5, no_answer=True),
         ),
         description=(
-            "ring 1-3 s, talk 1-3 s; 60% answered, 15% busy, 10% declined, 10% 503, "
-            "5% no answer: most of every call is set-up"
+            "post-dial delay 0.3-1 s, ring 1-3 s, talk 1-3 s; 60% answered, 15% busy, "
+            "10% declined, 10% 503, 5% no answer: most of every call is set-up"
         ),
     ),
 }
@@ -211,7 +222,7 @@ class LoadGenerator:
                 self.up.pop(placed.call_id, None)
 
     async def _place_one(self) -> tuple[Placed | None, float, float]:
-        outcome, ring, talk = self.mix.draw(self.rng)
+        outcome, pdd, ring, talk = self.mix.draw(self.rng)
         serial = next(self._serial)
         room = f"{self.prefix}-{serial}"
         request = api.CreateSIPParticipantRequest(
@@ -220,10 +231,14 @@ class LoadGenerator:
             room_name=room,
             participant_identity=IDENTITY,
             wait_until_answered=False,
-            headers={"X-Sim-Ring": f"{ring:g}", "X-Sim-Talk": f"{talk:g}"},
+            headers={
+                "X-Sim-PDD": f"{pdd:g}",
+                "X-Sim-Ring": f"{ring:g}",
+                "X-Sim-Talk": f"{talk:g}",
+            },
         )
-        if outcome.no_answer:
-            request.ringing_timeout.FromNanoseconds(int(ring * 1e9))
+        if outcome.no_answer:  # the ringing timeout counts from the INVITE
+            request.ringing_timeout.FromNanoseconds(int((pdd + ring) * 1e9))
         t_request = time.time()
         self.in_flight += 1
         try:

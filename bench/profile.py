@@ -28,18 +28,21 @@ def default_command() -> list[str]:
     found = shutil.which("py-spy")
     if found:
         return [found]
+    # uvx from PATH, else the one `make` installed next to its private uv.
+    private = Path(__file__).resolve().parent.parent / ".cache/tools/uv/bin/uvx"
+    uvx = shutil.which("uvx") or (str(private) if private.exists() else "uvx")
     try:
         done = subprocess.run(
-            ["uvx", "--from", "py-spy", "which", "py-spy"],
+            [uvx, "--from", "py-spy", "which", "py-spy"],
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return ["uvx", "py-spy"]
+        return [uvx, "py-spy"]
     lines = done.stdout.strip().splitlines()
-    return [lines[-1]] if done.returncode == 0 and lines else ["uvx", "py-spy"]
+    return [lines[-1]] if done.returncode == 0 and lines else [uvx, "py-spy"]
 
 
 async def record(
@@ -52,22 +55,10 @@ async def record(
     than asked (a 20 s profile took almost 5 minutes here); it is stopped with SIGINT
     instead, on which it writes what it has.
     """
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        "record",
-        "--pid",
-        str(pid),
-        "--rate",
-        str(rate),
-        "--format",
-        "raw",
-        "--subprocesses",
-        "--nonblocking",
-        "--output",
-        str(output),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    try:
+        process = await _start(command, pid, rate, output)
+    except OSError as error:  # no py-spy: the cell goes on without a profile
+        return 127, f"{command[0]}: {error}"
     try:
         async with asyncio.timeout(seconds):
             out, _ = await process.communicate()
@@ -133,3 +124,24 @@ def summarize_collapsed(text: str, top: int = 15) -> dict[str, object]:
             ],
         }
     return result
+
+
+async def _start(
+    command: Sequence[str], pid: int, rate: int, output: Path
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *command,
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--subprocesses",
+        "--nonblocking",
+        "--output",
+        str(output),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
