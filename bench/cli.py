@@ -23,7 +23,7 @@ from bench.cell import CellPlan, derive, run_cell
 from bench.load import MIXES, placements_needed
 from bench.procfs import loadavg, machine_info
 from bench.profile import default_command
-from bench.report import load_runs, render
+from bench.report import load_focused, load_runs, render
 
 __all__ = ["main"]
 
@@ -228,7 +228,7 @@ def rederive(results_dir: Path) -> None:
 def regenerate(results_dir: Path, results_md: Path) -> None:
     notes_path = BENCH_DIR / "notes.md"
     notes = notes_path.read_text() if notes_path.exists() else ""
-    results_md.write_text(render(load_runs(results_dir), notes))
+    results_md.write_text(render(load_runs(results_dir), notes, load_focused(results_dir)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -499,18 +499,80 @@ def _gib(value: object) -> float | None:
     return float(value) / 2**30 if isinstance(value, int | float) else None
 
 
+def _load_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def load_runs(directory: Path) -> list[tuple[str, dict[str, Any]]]:
-    """Every run file in `directory` as (name, data), newest first."""
+    """Every run file of `python -m bench` in `directory` as (name, data), newest first."""
     runs = []
     for path in sorted(directory.glob("*.json"), reverse=True):
-        try:
-            runs.append((path.stem, json.loads(path.read_text())))
-        except (OSError, ValueError):
-            continue
+        data = _load_json(path)
+        if data is not None and "cells" in data:
+            runs.append((path.stem, data))
     return runs
 
 
-def render(runs: Sequence[tuple[str, Mapping[str, Any]]], notes: str = "") -> str:
+def load_focused(directory: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The newest `bench.join_cost` and `bench.hot_path` results, as (name, data)."""
+    found = []
+    for prefix in ("join-cost-", "hot-path-"):
+        paths = sorted(directory.glob(f"{prefix}*.json"), reverse=True)
+        data = _load_json(paths[0]) if paths else None
+        if data is not None:
+            found.append((paths[0].stem, data))
+    return found
+
+
+def _focused_section(name: str, data: Mapping[str, Any]) -> list[str]:
+    command = f"`{data.get('command', '?')}`, {data.get('when', '?')}"
+    if name.startswith("join-cost-"):
+        means = data.get("mean") or {}
+        rows = [
+            [
+                variant,
+                fmt(_get(numbers, "cpu_s_per_join"), 3, "CPU-s"),
+                fmt(_get(numbers, "join_wall_s_each"), 3, "s"),
+                fmt(_get(numbers, "idle_pct_core_per_room"), 3, "%"),
+            ]
+            for variant, numbers in means.items()
+        ]
+        return [
+            f"### A room connection in an observer process ({name})",
+            "",
+            f"{command}. `stderr`: the SDK's native log records go to stderr (what "
+            "observer processes do); `python`: the SDK's default, every record handed "
+            "to Python. Means over the runs, rooms joined one at a time:",
+            "",
+            table(["native logs", "CPU per join", "join time", "idle, % core per room"], rows),
+        ]
+    plain, profiled = data.get("unprofiled") or {}, data.get("profiled") or {}
+    top = [
+        [fmt(row.get("own_share", 0) * 100, 1, "%"), f"`{row.get('function')}`"]
+        for row in (profiled.get("top") or [])[:10]
+    ]
+    return [
+        f"### The main process's own path per event ({name})",
+        "",
+        f"{command}: {plain.get('events')} events, "
+        f"{fmt(plain.get('cpu_ms_per_event'), 3, 'ms')} of CPU each "
+        f"({plain.get('events_per_cpu_second')} events per CPU-second; 100 events/s is "
+        f"{fmt(_pct((plain.get('cpu_ms_per_event') or 0) / 10), 1, '%')} of a core). "
+        "Busiest by own time (cProfile):",
+        "",
+        table(["own time", "function"], top),
+    ]
+
+
+def render(
+    runs: Sequence[tuple[str, Mapping[str, Any]]],
+    notes: str = "",
+    focused: Sequence[tuple[str, Mapping[str, Any]]] = (),
+) -> str:
     """The whole RESULTS.md."""
     out = [
         "# Benchmark results",
@@ -538,6 +600,10 @@ def render(runs: Sequence[tuple[str, Mapping[str, Any]]], notes: str = "") -> st
             )
         )
         out.append("")
+        if focused:
+            out += ["## Focused measurements", ""]
+            for focused_name, data in focused:
+                out += [*_focused_section(focused_name, data), ""]
         out += ["## Runs", ""]
         for run_name, data in runs:
             out.append(_run_section(data, run_name + (" (quick)" if data.get("quick") else "")))
