@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bench.report import evaluate_targets, fmt, render, table
+from bench.report import evaluate_targets, fmt, load_focused, load_runs, render, table
 from bench.stats import CounterPoll, counter_visibility, percentile, rate, summarize
 
 
@@ -177,3 +177,19 @@ def test_the_hot_path_benchmark_plays_every_call_to_its_end(tmp_path: Path) -> N
     assert run["unprofiled"]["events"] == 30 * 4 + 1
     assert run["unprofiled"]["cpu_ms_per_event"] > 0
     assert len(run["profiled"]["top"]) == 15
+
+    # RESULTS.md shows it, and reads only the load runs as runs.
+    (tmp_path / "join-cost-20261203-000000.json").write_text(
+        json.dumps(
+            {
+                "command": "python -m bench.join_cost",
+                "mean": {"stderr": {"cpu_s_per_join": 0.072}, "python": {"cpu_s_per_join": 0.126}},
+            }
+        )
+    )
+    (tmp_path / "20261125.json").write_text(json.dumps(_run(_cell(100, "setup"))))
+    assert [name for name, _ in load_runs(tmp_path)] == ["20261125"]
+    text = render(load_runs(tmp_path), focused=load_focused(tmp_path))
+    assert "### A room connection in an observer process (join-cost-20261203-000000)" in text
+    assert "| stderr | 0.072 CPU-s |" in text
+    assert f"### The main process's own path per event ({written.stem})" in text
