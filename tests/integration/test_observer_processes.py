@@ -10,7 +10,6 @@ the private names it needs makes them fail, rather than quietly bring the cost b
 from __future__ import annotations
 
 import logging
-import socket
 
 import pytest
 
@@ -18,14 +17,18 @@ from monitor.config import load_settings
 from monitor.observers import JoinFailed, LinkHooks, ObserverPool
 from monitor.service import observer_token
 from stack import Stack
+from stack.config import free_port
 from tests.integration.conftest import unique_room
 from tests.integration.monitoring import wait_until
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+async def native_logs_of(pool: ObserverPool) -> str:
+    """Start the pool's first process; where it says the SDK's native records go."""
+    await pool.start()
+    worker = pool.current
+    assert worker is not None
+    assert worker.ready.is_set()
+    return worker.native_logs
 
 
 async def test_native_records_go_to_stderr_and_reach_the_log_as_the_sdk_s(
@@ -34,11 +37,7 @@ async def test_native_records_go_to_stderr_and_reach_the_log_as_the_sdk_s(
     settings = load_settings({}, stack.env())
     pool = ObserverPool(lambda event: None, recycle_joins=200)
     try:
-        await pool.start()
-        worker = pool.current
-        assert worker is not None
-        assert worker.ready.is_set()
-        assert worker.native_logs == "stderr"
+        assert await native_logs_of(pool) == "stderr"
 
         # A join still works with the capture off.
         room = unique_room("quiet")
@@ -53,7 +52,7 @@ async def test_native_records_go_to_stderr_and_reach_the_log_as_the_sdk_s(
             with pytest.raises(JoinFailed, match="ConnectError"):
                 await pool.join(
                     room,
-                    f"ws://127.0.0.1:{closed_port()}",
+                    f"ws://127.0.0.1:{free_port()}",
                     observer_token(settings, room, "observer"),
                     20,
                     LinkHooks(),
@@ -76,10 +75,6 @@ async def test_native_records_go_to_stderr_and_reach_the_log_as_the_sdk_s(
 async def test_at_debug_level_the_sdk_keeps_sending_its_records_to_python() -> None:
     pool = ObserverPool(lambda event: None, recycle_joins=200, sdk_log_level=logging.DEBUG)
     try:
-        await pool.start()
-        worker = pool.current
-        assert worker is not None
-        assert worker.ready.is_set()
-        assert worker.native_logs == "python"
+        assert await native_logs_of(pool) == "python"
     finally:
         await pool.close()

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -28,6 +27,7 @@ from monitor.dial import report_dial_failure
 from monitor.http import build_app
 from monitor.model import DialFailed, Event, ParticipantLeft, ParticipantSeen, Reason, RoomEnded
 from monitor.service import Monitor
+from stack.config import free_port
 
 Client = TestClient[web.Request, web.Application]
 KEY = "APIunit"
@@ -83,13 +83,6 @@ def participant_left_body(number: str = "+15551112222") -> str:
         ),
     )
     return MessageToJson(event)
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sample(monitor: Monitor, name: str, labels: dict[str, str]) -> float:
@@ -262,7 +255,7 @@ async def test_the_dial_hook_reports_to_the_monitor_and_never_waits_long(
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="call_monitor.dial"):
-        reported = await report(f"http://127.0.0.1:{closed_port()}")
+        reported = await report(f"http://127.0.0.1:{free_port()}")
     assert not reported
     assert "call monitor unreachable" in caplog.text
 
