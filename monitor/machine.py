@@ -388,6 +388,11 @@ class CallBook:
         call = self._calls[key]
         record = replace(call.record, sources=call.record.sources | {event.source})
         if status is record.last_status:
+            if isinstance(event, AttributesChanged) and _status_changed(event):
+                # First seen in a snapshot (a listing, or a room's seed after a rejoin)
+                # whose time is only a bound; the live change, delivered after it,
+                # says when it happened.
+                record = replace(record, timings=_timed_live(record.timings, status, event.at))
             self._calls[key] = replace(call, record=record)
             return effects
         current = record.state
@@ -696,3 +701,14 @@ def _is_forward(previous: SipStatus | None, status: SipStatus) -> bool:
 
 def _status_changed(event: AttributesChanged) -> bool:
     return ATTR_CALL_STATUS in event.changed
+
+
+def _timed_live(timings: Timings, status: SipStatus, at: float) -> Timings:
+    """`timings` with the approximate time of `status` replaced by `at`, the time of
+    the live change to it, if that is no later (a later one is not the change)."""
+    if status is SipStatus.RINGING:
+        if timings.ringing_approximate and at <= (timings.ringing_at or at):
+            return replace(timings, ringing_at=at, ringing_approximate=False)
+    elif status in _ANSWERED and timings.answer_approximate and at <= (timings.answered_at or at):
+        return replace(timings, answered_at=at, answer_approximate=False)
+    return timings

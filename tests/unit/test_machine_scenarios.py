@@ -15,6 +15,7 @@ from monitor.machine import CallBook, MachineSettings
 from monitor.model import (
     Anomaly,
     AnomalyKind,
+    AttributesChanged,
     CallEnded,
     CallStarted,
     CallState,
@@ -484,6 +485,30 @@ def test_answer_seen_only_in_a_snapshot_makes_timings_approximate() -> None:
     record = only_end(run(script.events)[1])
     assert record.timings_approximate
     assert record.outcome is Outcome.COMPLETED
+
+
+def test_a_live_change_delivered_after_a_snapshot_of_it_says_when_it_happened() -> None:
+    # A listing taken just after the answer can be processed before the room's own
+    # event of it, which comes through an observer process's pipe; ringing likewise.
+    script = outbound().seen(1.2, "ringing", Source.RECONCILE).to(1.1, "ringing")
+    script.seen(3.0, "active", Source.RECONCILE).to(2.95, "active")
+    record = only_end(run(script.left(9.0, R.CLIENT_INITIATED, status="hangup").events)[1])
+    assert record.timings.ringing_at == approx(T0 + 1.1)
+    assert record.timings.answered_at == approx(T0 + 2.95)
+    assert not record.timings_approximate
+
+
+def test_a_same_status_event_later_than_the_snapshot_or_about_other_attributes_is_no_timing() -> (
+    None
+):
+    script = outbound().seen(3.0, "active", Source.RECONCILE).to(4.0, "active")
+    participant = script.participant()
+    script.events.append(
+        AttributesChanged(T0 + 2.5, Source.ROOM, script.room, participant, {"sip.x": "1"}, "RM_1")
+    )
+    record = only_end(run(script.left(9.0, R.CLIENT_INITIATED, status="hangup").events)[1])
+    assert record.timings.answered_at == approx(T0 + 3.0)
+    assert record.timings.answer_approximate
 
 
 def test_leave_of_a_call_never_seen_starts_and_ends_it_at_once() -> None:
