@@ -389,9 +389,9 @@ class CallBook:
         record = replace(call.record, sources=call.record.sources | {event.source})
         if status is record.last_status:
             if isinstance(event, AttributesChanged) and _status_changed(event):
-                # First seen in a snapshot (a listing, or a room's seed after a rejoin)
-                # whose time is only a bound; the live change, delivered after it,
-                # says when it happened.
+                # First seen in a snapshot (a listing read before the observer
+                # process's pipe delivered the room's event of the same change): the
+                # live change says it was seen as it happened.
                 record = replace(record, timings=_timed_live(record.timings, status, event.at))
             self._calls[key] = replace(call, record=record)
             return effects
@@ -704,11 +704,13 @@ def _status_changed(event: AttributesChanged) -> bool:
 
 
 def _timed_live(timings: Timings, status: SipStatus, at: float) -> Timings:
-    """`timings` with the approximate time of `status` replaced by `at`, the time of
-    the live change to it, if that is no later (a later one is not the change)."""
-    if status is SipStatus.RINGING:
-        if timings.ringing_approximate and at <= (timings.ringing_at or at):
-            return replace(timings, ringing_at=at, ringing_approximate=False)
-    elif status in _ANSWERED and timings.answer_approximate and at <= (timings.answered_at or at):
-        return replace(timings, answered_at=at, answer_approximate=False)
+    """`timings` once the live change to `status` arrived after a snapshot had shown it:
+    the change was seen as it happened after all, so its moment is known; the earlier
+    of the two times, as either may have been delivered late."""
+    if status is SipStatus.RINGING and timings.ringing_approximate:
+        moment = min(at, timings.ringing_at or at)
+        return replace(timings, ringing_at=moment, ringing_approximate=False)
+    if status in _ANSWERED and timings.answer_approximate:
+        moment = min(at, timings.answered_at or at)
+        return replace(timings, answered_at=moment, answer_approximate=False)
     return timings
