@@ -18,6 +18,7 @@ from typing import Any
 from livekit import rtc
 
 from monitor.model import (
+    ROOM_GONE_REASONS,
     AttributesChanged,
     Event,
     Participant,
@@ -33,9 +34,6 @@ __all__ = ["ObserverHooks", "RoomObserver", "native_logs_to_stderr", "participan
 
 _SIP = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
 _CONNECTED = rtc.ConnectionState.CONN_CONNECTED
-# The observer's own end means the room is gone only for these reasons.
-_ROOM_GONE = frozenset({Reason.ROOM_DELETED, Reason.ROOM_CLOSED})
-
 
 # Disconnects of abandoned connects, kept referenced until they are done.
 _leaving: set[asyncio.Task[None]] = set()
@@ -198,7 +196,8 @@ class RoomObserver:
             if self._closing:
                 return
             parsed, _ = parse_reason(reason)
-            if parsed in _ROOM_GONE:
+            # The observer's own end means the room is gone only for these reasons.
+            if parsed in ROOM_GONE_REASONS:
                 self.emit(RoomEnded(self.clock(), Source.ROOM, self.room_name, parsed))
             self.hooks.lost(self.room_name, parsed)
 

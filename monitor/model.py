@@ -128,6 +128,9 @@ class Reason(StrEnum):
     AGENT_ERROR = "AGENT_ERROR"
 
 
+# The reasons a connection gets when the room itself ends.
+ROOM_GONE_REASONS = frozenset({Reason.ROOM_DELETED, Reason.ROOM_CLOSED})
+
 # The protocol's numbering, so an integer reason from any source maps to the same name.
 REASON_BY_NUMBER: Mapping[int, Reason] = MappingProxyType(
     {number: reason for number, reason in enumerate(Reason)}

@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 
 from monitor.journal import Header, JournalError, decode_line
-from monitor.model import Event
+from monitor.model import ROOM_GONE_REASONS, Event, parse_reason
 
 __all__ = ["JoinFailed", "LinkHooks", "ObserverPool", "RoomLink", "native_record"]
 
@@ -74,7 +74,8 @@ class JoinFailed(Exception):
 class LinkHooks:
     """What a room connection tells the service, besides the room's events."""
 
-    lost: Callable[[str], None] = lambda room: None
+    # (room, the room's sid if the room itself ended, else None)
+    lost: Callable[[str, str | None], None] = lambda room, closed_sid: None
     reconnecting: Callable[[str], None] = lambda room: None
     reconnected: Callable[[str], None] = lambda room: None
     moving: Callable[[str], None] = lambda room: None
@@ -106,10 +107,10 @@ class RoomLink:
         """Have the room report the SIP participants in it now, as ParticipantSeen."""
         self.worker.send({"op": "seed", "id": self.id})
 
-    def mark_lost(self) -> None:
+    def mark_lost(self, room_closed: bool = False) -> None:
         if not self.lost.is_set():
             self.lost.set()
-            self.hooks.lost(self.room)
+            self.hooks.lost(self.room, self.room_sid if room_closed else None)
 
 
 class _Worker:
@@ -264,7 +265,8 @@ class _Worker:
                 if not link.answer.done():
                     link.answer.set_exception(JoinFailed(str(message["error"])))
             elif kind == "lost":
-                link.mark_lost()
+                reason, _ = parse_reason(message.get("reason"))
+                link.mark_lost(room_closed=reason in ROOM_GONE_REASONS)
             elif kind == "reconnecting":
                 link.hooks.reconnecting(link.room)
             elif kind == "reconnected":

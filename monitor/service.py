@@ -138,6 +138,11 @@ class Monitor:
         self._suspects: dict[str, float] = {}
         self._suspect_rooms: set[str] = set()
         self._room_seen: dict[str, float] = {}
+        # room -> sid of a room not to join: one that ended with an observer in it, or
+        # one an observer's join created after the calls' room closed (livekit-server
+        # creates a missing room for anyone who joins). Such a room is joined again only
+        # once a webhook or a listing shows a room of that name with another sid.
+        self._rooms_closed: dict[str, str] = {}
         self._journal: JournalWriter | None = None
         self._journal_failing = False
         self._observer_serial = 0
@@ -165,6 +170,8 @@ class Monitor:
             self._write_journal(event)
         if event.source is Source.ROOM and isinstance(event, ParticipantSeen | AttributesChanged):
             self._room_seen[event.participant.sid] = self.clock()
+        elif isinstance(event, ParticipantSeen):
+            self._room_opened(event.room, event.room_sid)
         effects = self.book.step(event)
         for effect in effects:
             for sink in self.sinks:
@@ -218,10 +225,19 @@ class Monitor:
         whole-call mode; in setup mode the end then comes from the `participant_left`
         webhook and reconciliation.
         """
+        if room in self._rooms_closed:
+            return False  # joining would open it again
         if room in self._suspect_rooms:
             return True  # a listing missed a call there: the room is asked
         wanted = _LIVE_STATES if self.settings.stays_whole_call else _SETUP_STATES
         return any(call.state in wanted for call in self.book.calls_in_room(room))
+
+    def _room_opened(self, room: str, room_sid: str) -> None:
+        """A webhook or a listing showed `room`: joining it is safe unless it is the
+        room that closed (a listing read just before it closed)."""
+        closed_sid = self._rooms_closed.get(room)
+        if closed_sid is not None and room_sid and room_sid != closed_sid:
+            del self._rooms_closed[room]
 
     def _rooms_touched(self, effects: list[Effect]) -> None:
         rooms = {effect.call.room for effect in effects if not isinstance(effect, Anomaly)}
@@ -291,8 +307,10 @@ class Monitor:
             if slot is not None:
                 slot.wake.set()
 
-        def lost(name: str) -> None:
-            log.info("room_connection_lost", room=name)
+        def lost(name: str, closed_sid: str | None) -> None:
+            log.info("room_connection_lost", room=name, room_closed=closed_sid is not None)
+            if closed_sid is not None:
+                self._rooms_closed[name] = closed_sid
             wake(name)
 
         hooks = LinkHooks(
@@ -317,6 +335,14 @@ class Monitor:
                 log.warning("room_join_failed", room=room, error=f"{type(error).__name__}: {error}")
                 return None
         self.metrics.room_connect(True)
+        known = {call.room_sid for call in self.book.calls_in_room(room) if call.room_sid}
+        if known and link.room_sid and link.room_sid not in known:
+            # The room its calls were in has closed, and livekit-server created a new
+            # one for this join: leave it at once, and never join it again.
+            self._rooms_closed[room] = link.room_sid
+            log.info("room_reopened_left", room=room, room_sid=link.room_sid)
+            await link.close()
+            return None
         log.debug("room_joined", room=room)
         return link
 
@@ -383,6 +409,12 @@ class Monitor:
                     missing.add((name, call.participant_sid))
 
         await asyncio.gather(*(list_one(room.name, room.sid) for room in to_list))
+        for info in listed.values():
+            self._room_opened(info.name, info.sid)
+        # A closed room whose calls have all ended needs no marker any more.
+        for room in list(self._rooms_closed):
+            if room not in listed and not self.book.calls_in_room(room):
+                del self._rooms_closed[room]
         for room in known_rooms - set(listed):
             for call in self.book.calls_in_room(room):
                 if call.state is not CallState.ENDING:
@@ -401,6 +433,9 @@ class Monitor:
                 self.submit(ParticipantVanished(now, Source.RECONCILE, room, sid))
         cleared = self._suspect_rooms
         self._suspects = suspects
+        # A room the listing does not show is asked too: with its room list lost (redis
+        # restarted) livekit-server still holds the room. If it really closed, the join
+        # opens a new one, which `_join` leaves at once.
         self._suspect_rooms = {key.split("\0", 1)[0] for key in suspects}
         for room in sorted(self._suspect_rooms):
             self._ask_room(room)

@@ -166,3 +166,33 @@ async def wait_until(
                 await asyncio.sleep(0.05)
     except TimeoutError:
         pytest.fail(f"not within {timeout:.0f} s: {what}")
+
+
+def reconcile_runs(monitor: Monitor, result: str) -> float:
+    value = monitor.registry.get_sample_value(
+        "call_monitor_reconcile_runs_total", {"result": result}
+    )
+    return value or 0.0
+
+
+async def two_more_listings(monitor: Monitor) -> None:
+    """Wait for two reconciliations to succeed from now: after them, a late listing
+    could have neither restarted an ended call nor ended a live one unseen."""
+    done = reconcile_runs(monitor, "success")
+    await wait_until(
+        lambda: reconcile_runs(monitor, "success") >= done + 2, 30, "two listings succeeded"
+    )
+
+
+def observer_in(monitor: Monitor, room: str) -> bool:
+    slot = monitor.rooms.get(room)
+    return slot is not None and slot.observer is not None
+
+
+async def observer_placed(monitor: Monitor, room: str, mode: str) -> None:
+    """Wait until the observer is where the mode puts it once a call is answered:
+    gone (setup) or still in the room (whole_call)."""
+    if mode == "setup":
+        await wait_until(lambda: room not in monitor.rooms, 10, f"observer left {room}")
+    else:
+        await wait_until(lambda: observer_in(monitor, room), 10, f"observer in {room}")

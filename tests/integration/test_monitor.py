@@ -33,6 +33,7 @@ from monitor.logs import CallLog
 from monitor.model import CallRecord, Direction, EndedBy, Outcome
 from monitor.service import observer_token
 from stack import Stack
+from stack.config import free_port
 from stack.ledger import CallEnded, Ledger
 from tests.integration.conftest import (
     JoinAnswerer,
@@ -41,11 +42,17 @@ from tests.integration.conftest import (
     PlacedCall,
     SimInbound,
     SipSetup,
+    WebhookRecorder,
     await_call_ended,
     sim_number,
     unique_room,
 )
-from tests.integration.monitoring import running_monitor, wait_until
+from tests.integration.monitoring import (
+    observer_placed,
+    running_monitor,
+    two_more_listings,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -415,6 +422,77 @@ async def test_observer_is_invisible_and_does_not_keep_a_room_open(
     rooms = await lkapi.room.list_rooms(api.ListRoomsRequest(names=[room]))
     assert list(rooms.rooms) == []
     assert [type(e).__name__ for e in ended] == ["RoomEnded"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_room_deleted_unheard_is_not_kept_open_by_the_monitor(
+    stack: Stack, webhooks: WebhookRecorder, place_call: PlaceCall, lkapi: api.LiveKitAPI, mode: str
+) -> None:
+    """A room deleted during a call while the monitor hears no webhooks (they go
+    elsewhere: a wrong URL, an outage). livekit-server creates a missing room for
+    anyone who joins it: a new room means a `room_started` webhook to every consumer,
+    and in production an agent dispatched to it.
+
+    whole_call: the deletion throws the observer out with ROOM_DELETED; it never joins
+    again. setup: the observer left at the answer; the listings stop showing the call,
+    so the monitor asks the room (it must: with its room list lost, livekit-server
+    still holds rooms it does not list). The join opens a new room; the monitor sees
+    the new room's sid, leaves at once, and never joins it again.
+
+    The stack's webhooks come to the test here, which tells how often the room started.
+    """
+    room = unique_room("deleted")
+    with structlog.testing.capture_logs() as logs:
+        async with running_monitor(stack, free_port(), room_mode=mode, webhooks="true") as (
+            monitor,
+            recorder,
+        ):
+            # Found by a listing (5 s after the join, while webhooks are expected) while
+            # it rings, so the observer joins.
+            call = asyncio.ensure_future(
+                place_call(sim_number("00"), room=room, ring=7.0, talk=60.0)
+            )
+            try:
+                await recorder.wait_state(room, "active", timeout=30)
+                await observer_placed(monitor, room, mode)
+                await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))
+                placed = await call
+            finally:
+                call.cancel()
+            [record] = await recorder.wait_ended(room, timeout=30)
+            await two_more_listings(monitor)
+            assert room not in monitor.rooms
+    truth = placed.ended
+    assert truth is not None
+    assert (truth.ended_by, truth.leave_reason) == ("us", "ROOM_DELETED")
+    assert "ringing" in [str(s) for s in record.statuses], "found while it rang"
+    seen = webhooks.of_room(room)
+    started = [w for w in seen if w["webhook_event"] == "room_started"]
+    observers = [
+        w
+        for w in seen
+        if w["webhook_event"] in ("participant_joined", "participant_left")
+        and w["identity"].startswith("call-monitor-")
+    ]
+    reopened = [line for line in logs if line["event"] == "room_reopened_left"]
+    if mode == "whole_call":
+        assert len(started) == 1, seen
+        # Thrown out by the deletion, never back.
+        kinds = [w["webhook_event"] for w in observers]
+        assert kinds == ["participant_joined", "participant_left"], observers
+        assert observers[1]["disconnect_reason"] == "ROOM_DELETED", observers
+        assert reopened == []
+        assert record.reason is not None, record
+        assert record.reason.value == "ROOM_DELETED", record
+    else:
+        assert len(started) == 2, seen
+        kinds = [w["webhook_event"] for w in observers]
+        assert kinds == ["participant_joined", "participant_left"] * 2, observers
+        # In the new room for a moment only.
+        assert observers[3]["t"] - observers[2]["t"] < 1.0, observers
+        assert [line["room"] for line in reopened] == [room]
+        # Nothing the monitor heard tells how the call ended.
+        assert record.outcome is Outcome.LOST, record
 
 
 async def test_fifty_rooms_at_once_repeatedly_leave_nothing_behind_and_memory_flat(
