@@ -403,7 +403,10 @@ class _Cell:
         if plan.profile_seconds > 0 and self.monitor is not None and self.monitor.pid:
             output = plan.out_dir / f"profile-{plan.name}-{int(time.time())}.txt"
             profile_for = min(plan.profile_seconds, seconds)
-            self.say(f"{plan.name}: profiling the monitor for {profile_for:.0f} s with py-spy")
+            self.say(
+                f"{plan.name}: profiling the monitor's main process for {profile_for:.0f} s "
+                "with py-spy"
+            )
             started = time.monotonic()
             status, tail = await record(plan.profile_command, self.monitor.pid, profile_for, output)
             left = seconds - (time.monotonic() - started)

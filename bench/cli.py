@@ -132,7 +132,10 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="py-spy the monitor this long in the quiet phase of realistic cells (default off)",
+        help=(
+            "py-spy the monitor's main process this long in the quiet phase of "
+            "realistic cells (default off)"
+        ),
     )
     parser.add_argument(
         "--monitor-env",

@@ -6,6 +6,11 @@ to the leaf separated by ";", then a space and the number of samples. With
 the observer process). `summarize_collapsed` gives the
 busiest functions by own time (the leaf) and by total time (anywhere on the stack),
 per process.
+
+The bench records the monitor's main process alone: with `--subprocesses` py-spy
+followed a dozen observer processes, took most of a core itself and got 29 samples of
+the main process in 25 s under load (bench/notes.md). The observers' cost is measured
+on its own by `bench.join_cost`.
 """
 
 from __future__ import annotations
@@ -46,17 +51,22 @@ def default_command() -> list[str]:
 
 
 async def record(
-    command: Sequence[str], pid: int, seconds: float, output: Path, rate: int = 100
+    command: Sequence[str],
+    pid: int,
+    seconds: float,
+    output: Path,
+    rate: int = 250,
+    subprocesses: bool = False,
 ) -> tuple[int, str]:
-    """Record `pid` and its subprocesses for `seconds` of wall time; return py-spy's
-    status and the end of its output.
+    """Record `pid` (and its subprocesses if asked) for `seconds` of wall time; return
+    py-spy's status and the end of its output.
 
     py-spy's own `--duration` counts samples, so on a saturated machine it runs longer
     than asked (a 20 s profile took almost 5 minutes here); it is stopped with SIGINT
     instead, on which it writes what it has.
     """
     try:
-        process = await _start(command, pid, rate, output)
+        process = await _start(command, pid, rate, output, subprocesses)
     except OSError as error:  # no py-spy: the cell goes on without a profile
         return 127, f"{command[0]}: {error}"
     try:
@@ -85,7 +95,7 @@ def _short(frame: str) -> str:
     return f"{name} ({short})" if where else name
 
 
-def summarize_collapsed(text: str, top: int = 15) -> dict[str, object]:
+def summarize_collapsed(text: str, top: int = 40) -> dict[str, object]:
     """Samples per process, and the top functions by own and by total samples."""
     per_process: Counter[str] = Counter()
     own: dict[str, Counter[str]] = {}
@@ -127,7 +137,7 @@ def summarize_collapsed(text: str, top: int = 15) -> dict[str, object]:
 
 
 async def _start(
-    command: Sequence[str], pid: int, rate: int, output: Path
+    command: Sequence[str], pid: int, rate: int, output: Path, subprocesses: bool
 ) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *command,
@@ -138,7 +148,7 @@ async def _start(
         str(rate),
         "--format",
         "raw",
-        "--subprocesses",
+        *(["--subprocesses"] if subprocesses else []),
         "--nonblocking",
         "--output",
         str(output),

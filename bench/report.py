@@ -462,9 +462,26 @@ def _run_section(run: Mapping[str, Any], name: str) -> str:
     for c in cells:
         profile = _get(c, "phases", "quiet", "profile")
         if isinstance(profile, Mapping):
-            out += ["", f"py-spy profile of the monitor, {_cell_name(c)}, quiet phase:", ""]
+            title = f"{_profile_title(profile)}, {_cell_name(c)}, quiet phase:"
+            out += ["", title, ""]
             out.append(_profile_text(profile))
     return "\n".join(out)
+
+
+def _modes(run: Mapping[str, Any]) -> set[str]:
+    cells = run.get("cells")
+    if not isinstance(cells, list):
+        return set()
+    return {str(c.get("mode")) for c in cells if isinstance(c, Mapping)}
+
+
+def _profile_title(profile: Mapping[str, Any]) -> str:
+    """Runs before 2026-12-04 profiled the observer processes too (`--subprocesses`)."""
+    summary = profile.get("summary")
+    samples = summary.get("samples") if isinstance(summary, Mapping) else None
+    if isinstance(samples, Mapping) and set(samples) - {"main"}:
+        return "py-spy profile of the monitor and its observer processes"
+    return "py-spy profile of the monitor's main process"
 
 
 def _profile_text(profile: Mapping[str, Any]) -> str:
@@ -476,15 +493,21 @@ def _profile_text(profile: Mapping[str, Any]) -> str:
         part = summary.get(process)
         if not isinstance(part, Mapping):
             continue
-        lines.append(f"{process}, busiest by own time:")
-        lines.append("")
-        lines.append(
-            table(
-                ["function", "share of samples"],
-                [[f"`{e['function']}`", f"{e['share']:.1%}"] for e in part.get("own", [])[:10]],
+        for kind, where in (("own", "own time"), ("total", "time on the stack")):
+            if kind == "total" and process != "main":
+                continue  # the whole-tree profiles of older runs had too few samples
+            lines += [f"{process}, busiest by {where}:", ""]
+            rows = part.get(kind, [])
+            if kind == "total":  # without the frames of the event loop itself
+                rows = [e for e in rows if e["share"] < 0.9]
+            rows = rows[:20]
+            lines.append(
+                table(
+                    ["function", "share of samples"],
+                    [[f"`{e['function']}`", f"{e['share']:.1%}"] for e in rows],
+                )
             )
-        )
-        lines.append("")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -582,7 +605,9 @@ def render(
         "each number means: `bench/README.md`.",
         "",
     ]
-    full = [(n, r) for n, r in runs if not r.get("quick")]
+    # The targets come from the newest full run that measured both room modes; a run
+    # narrowed to one cell (a profile, a check) is shown below with the others.
+    full = [(n, r) for n, r in runs if not r.get("quick") and _modes(r) >= {"setup", "whole_call"}]
     latest = full[0] if full else (runs[0] if runs else None)
     if latest is None:
         out.append("No runs yet.")

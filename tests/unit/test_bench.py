@@ -149,11 +149,19 @@ def test_targets_name_where_they_were_measured_and_by_how_much_they_are_missed()
 
 
 def test_render_shows_the_targets_every_run_and_the_notes() -> None:
-    run = _run(_cell(100, "setup", monitor_rss_mib=100.0, monitor_cpu_cores=0.1))
-    quick = {**_run(_cell(20, "setup")), "quick": True}
-    text = render([("20261126-quick", quick), ("20261125", run)], notes="## Notes\n\nhand-written")
+    run = _run(
+        _cell(100, "setup", monitor_rss_mib=100.0, monitor_cpu_cores=0.1),
+        _cell(100, "whole_call", monitor_rss_mib=200.0, monitor_cpu_cores=0.2),
+    )
+    quick = {**_run(_cell(20, "setup"), _cell(20, "whole_call")), "quick": True}
+    one_cell = _run(_cell(100, "setup"))  # narrowed (a profile): not where targets come from
+    text = render(
+        [("20261127", one_cell), ("20261126-quick", quick), ("20261125", run)],
+        notes="## Notes\n\nhand-written",
+    )
     assert text.startswith("# Benchmark results")
     assert "## Targets (latest run: 20261125)" in text
+    assert "### Run 20261127" in text
     assert "### Run 20261126-quick (quick)" in text
     assert "### Run 20261125" in text
     assert "| 100 | realistic | setup |" in text
