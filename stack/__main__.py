@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
-import threading
 from collections.abc import Sequence
 
 from stack._stack import Stack, StackError
@@ -53,6 +53,18 @@ def _print_up(stack: Stack) -> None:
     print("# Ctrl-C stops everything.", flush=True)
 
 
+def _wait_for_a_stop_signal() -> None:
+    """Return once SIGINT or SIGTERM comes (one before this raises, as usual).
+
+    The signals are blocked, then taken with sigwait: one sent at any moment is kept
+    pending until taken. Waiting on an Event for the KeyboardInterrupt instead, the CLI
+    once ignored a Ctrl-C sent just after it printed its addresses (a CI run).
+    """
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    signal.sigwait(stops)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m stack`."""
     args = _parser().parse_args(argv)
@@ -70,10 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         with Stack.start(config) as stack:
             _print_up(stack)
-            try:
-                threading.Event().wait()
-            except KeyboardInterrupt:
-                print("# stopping", file=sys.stderr, flush=True)
+            _wait_for_a_stop_signal()
+            print("# stopping", file=sys.stderr, flush=True)
         return 0
     except KeyboardInterrupt:
         return 130
