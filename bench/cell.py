@@ -94,6 +94,7 @@ class CellPlan:
     profile_seconds: float = 0.0
     profile_command: tuple[str, ...] = ()
     monitor_env: Mapping[str, str] = field(default_factory=dict)
+    webhook_events: tuple[str, ...] = ()  # livekit-server sends only these kinds
     cores: int = 2
 
     @property
@@ -192,6 +193,7 @@ def run_cell(plan: CellPlan, say: Say) -> dict[str, Any]:
     port = free_port()
     config = StackConfig(
         webhook_urls=[f"http://127.0.0.1:{port}/webhook"],
+        webhook_events=plan.webhook_events,
         # livekit-server's defaults: an ended call's room lingers 20 s, as in production.
         empty_timeout=300,
         departure_timeout=20,

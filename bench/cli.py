@@ -24,6 +24,7 @@ from bench.load import MIXES, placements_needed
 from bench.procfs import loadavg, machine_info
 from bench.profile import default_command
 from bench.report import load_focused, load_runs, render
+from monitor.sources import WEBHOOK_EVENTS_USED
 
 __all__ = ["main"]
 
@@ -135,6 +136,14 @@ def _parser() -> argparse.ArgumentParser:
         help=(
             "py-spy the monitor's main process this long in the quiet phase of "
             "realistic cells (default off)"
+        ),
+    )
+    parser.add_argument(
+        "--webhook-filter",
+        action="store_true",
+        help=(
+            "livekit-server sends only the webhook kinds the monitor reads "
+            "(webhook.filter_params, README)"
         ),
     )
     parser.add_argument(
@@ -280,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "slow_scrape_s": 5.0,
             "poll_intervals_s": [1.0, 0.1],
             "monitor_env": monitor_env,
-            "livekit": "departure_timeout 20 s, empty_timeout 300 s, log level warn",
+            "livekit": "departure_timeout 20 s, empty_timeout 300 s, log level warn"
+            + (", webhooks: only the kinds the monitor reads" if args.webhook_filter else ""),
         },
         "load_average": {"before": loadavg()},
         "cells": [],
@@ -316,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         profile_seconds=args.profile if mix == "realistic" else 0.0,
                         profile_command=profile_command,
                         monitor_env=monitor_env,
+                        webhook_events=WEBHOOK_EVENTS_USED if args.webhook_filter else (),
                         cores=cores,
                     )
                     say(f"cell {plan.name}: starting")

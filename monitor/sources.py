@@ -27,6 +27,7 @@ from monitor.model import (
 )
 
 __all__ = [
+    "WEBHOOK_EVENTS_USED",
     "WebhookIntake",
     "WebhookRejected",
     "events_of_webhook",
@@ -87,6 +88,16 @@ class WebhookIntake:
             # Signed by us, but not a WebhookEvent.
             raise WebhookRejected("bad_request", f"{type(error).__name__}: {text[:200]}") from None
         return events_of_webhook(event, at)
+
+
+# The webhook kinds the monitor reads; livekit-server can be told to send only these
+# (`webhook.filter_params.include_events`, README "Running it").
+WEBHOOK_EVENTS_USED = (
+    "participant_joined",
+    "participant_left",
+    "participant_connection_aborted",
+    "room_finished",
+)
 
 
 def events_of_webhook(event: webhook.WebhookEvent, at: float) -> list[Event]:

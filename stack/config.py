@@ -36,11 +36,14 @@ class StackConfig:
     """Choices for one stack run; everything else (ports, keys) is picked per run.
 
     `empty_timeout` and `departure_timeout` are livekit-server's room timeouts in
-    seconds, short by default so test rooms close soon. `extra_livekit_config` is
-    merged over the generated livekit-server config (nested dicts are merged).
+    seconds, short by default so test rooms close soon. `webhook_events`, when given,
+    are the only webhook kinds livekit-server sends (`webhook.filter_params`).
+    `extra_livekit_config` is merged over the generated livekit-server config (nested
+    dicts are merged).
     """
 
     webhook_urls: Sequence[str] = ()
+    webhook_events: Sequence[str] = ()
     empty_timeout: int = 5
     departure_timeout: int = 3
     sip_simulator: bool = True
@@ -174,6 +177,8 @@ def livekit_config(
     }
     if config.webhook_urls:
         doc["webhook"] = {"api_key": api_key, "urls": list(config.webhook_urls)}
+        if config.webhook_events:
+            doc["webhook"]["filter_params"] = {"include_events": list(config.webhook_events)}
     return _merge(doc, config.extra_livekit_config)
 
 

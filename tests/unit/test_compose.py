@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from monitor.config import SETTINGS, ConfigError, load_settings
+from monitor.sources import WEBHOOK_EVENTS_USED
 from tests.tools import system_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -628,6 +629,9 @@ def test_livekit_server_sends_signed_webhooks_to_the_monitor(
     assert monitor_env["CALL_MONITOR_WEBHOOKS"] == "true"
     port = monitor_env.get("CALL_MONITOR_HTTP_PORT", "9469")
     assert f"http://{MONITOR}:{port}/webhook" in livekit_config["webhook"]["urls"]
+    # The monitor is the only consumer here: it gets the kinds it reads, all of them.
+    included = livekit_config["webhook"]["filter_params"]["include_events"]
+    assert sorted(included) == sorted(WEBHOOK_EVENTS_USED)
     server_env = environment(compose["services"]["livekit-server"])
     # The key that signs the webhooks, and the key pair, both from .env.
     assert server_env["LIVEKIT_WEBHOOK_API_KEY"] == env_example["LIVEKIT_API_KEY"]

@@ -27,6 +27,7 @@ from monitor.dial import report_dial_failure
 from monitor.http import build_app
 from monitor.model import DialFailed, Event, ParticipantLeft, ParticipantSeen, Reason, RoomEnded
 from monitor.service import Monitor
+from monitor.sources import WEBHOOK_EVENTS_USED, events_of_webhook
 from stack.config import free_port
 
 Client = TestClient[web.Request, web.Application]
@@ -102,12 +103,38 @@ async def test_a_signed_webhook_becomes_events(served: tuple[Monitor, Client]) -
     body = participant_left_body()
     response = await client.post("/webhook", data=body, headers={"Authorization": signed(body)})
     assert response.status == 200
+    # Nothing to read: livekit-server's notifier closes the response unread, and Go
+    # keeps the connection for the next webhook only then.
+    assert response.content_length == 0
+    assert await response.read() == b""
     [event] = queued(monitor)
     assert isinstance(event, ParticipantLeft)
     assert event.reason is Reason.USER_UNAVAILABLE
     assert event.participant.attributes["sip.callStatus"] == "dialing"
     assert event.participant.joined_at == pytest.approx(1_795_619_902.402)
     assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "ok"}) == 1
+
+
+def test_the_webhook_kinds_named_for_livekit_servers_filter_are_the_ones_read() -> None:
+    """A filter built from WEBHOOK_EVENTS_USED (README) must not drop a kind the
+    monitor reads, nor let one through that it ignores."""
+    kinds = {
+        "participant_joined",
+        "participant_left",
+        "participant_connection_aborted",
+        "room_started",
+        "room_finished",
+        "track_published",
+        "track_unpublished",
+        "egress_started",
+        "ingress_started",
+    }
+    read = {
+        kind
+        for kind in kinds
+        if events_of_webhook(webhook.WebhookEvent(event=kind, room=models.Room(name="r")), 0.0)
+    }
+    assert read == set(WEBHOOK_EVENTS_USED)
 
 
 async def test_joined_and_room_finished_webhooks(served: tuple[Monitor, Client]) -> None:
