@@ -52,7 +52,14 @@ async def _read_body(request: web.Request, endpoint: str) -> str | web.Response:
     limit = _monitor(request).settings.webhook_max_bytes
     if request.content_length is not None and request.content_length > limit:
         return _refuse(request, endpoint, 413, f"body larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
+    # read(n) returns what has arrived so far, not n bytes: read until the end. A body
+    # in several TCP segments is ordinary off loopback.
+    raw = bytearray()
+    while len(raw) <= limit:
+        chunk = await request.content.read(limit + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > limit:
         return _refuse(request, endpoint, 413, f"body larger than {limit} bytes")
     try:

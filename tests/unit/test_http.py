@@ -115,6 +115,22 @@ async def test_a_signed_webhook_becomes_events(served: tuple[Monitor, Client]) -
     assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "ok"}) == 1
 
 
+async def test_a_webhook_arriving_in_pieces_is_read_whole(served: tuple[Monitor, Client]) -> None:
+    """Off loopback a body often comes in several TCP segments."""
+    monitor, client = served
+    body = participant_left_body()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 100):
+            yield body[start : start + 100].encode()
+            await asyncio.sleep(0.01)
+
+    response = await client.post("/webhook", data=pieces(), headers={"Authorization": signed(body)})
+    assert response.status == 200
+    [event] = queued(monitor)
+    assert isinstance(event, ParticipantLeft)
+
+
 def test_the_webhook_kinds_named_for_livekit_servers_filter_are_the_ones_read() -> None:
     """A filter built from WEBHOOK_EVENTS_USED (README) must not drop a kind the
     monitor reads, nor let one through that it ignores."""
