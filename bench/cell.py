@@ -476,7 +476,11 @@ class _Cell:
             self._env(), self.port, self.stack.logs_dir / "monitor-2.jsonl"
         )
         self.monitor.start()
-        token = api.AccessToken(self.stack.api_key, self.stack.api_secret).to_jwt()
+        token = (  # /calls takes a token with a SIP grant, as an operator's
+            api.AccessToken(self.stack.api_key, self.stack.api_secret)
+            .with_sip_grants(api.SIPGrants(admin=True))
+            .to_jwt()
+        )
         ready_at: float | None = None
         covered_at: float | None = None
         gauge_at: float | None = None

@@ -40,7 +40,12 @@ async def report_dial_failure(
     session: aiohttp.ClientSession | None = None,
 ) -> bool:
     """POST one dial failure to the monitor; True if it was accepted."""
-    token = api.AccessToken(api_key, api_secret).with_identity("call-monitor-dial-hook").to_jwt()
+    token = (
+        api.AccessToken(api_key, api_secret)
+        .with_identity("call-monitor-dial-hook")
+        .with_sip_grants(api.SIPGrants(call=True))
+        .to_jwt()
+    )
     body = {
         "room": room,
         "participant_identity": participant_identity,

@@ -8,8 +8,10 @@
 - `GET /calls`: calls not yet final, numbers masked.
 
 `/dial` and `/calls` need `Authorization: Bearer <JWT signed with the LiveKit API key
-and secret>` (what `livekit.api.AccessToken(...).to_jwt()` makes). Bad requests get a
-4xx with a one-line JSON message, and are counted.
+and secret, with a SIP grant>` (`livekit.api.AccessToken(...).with_sip_grants(
+api.SIPGrants(call=True)).to_jwt()`, what a dialer's own token carries). A signature
+alone is not enough: every room-join token a browser holds is signed with that key.
+Bad requests get a 4xx with a one-line JSON message, and are counted.
 """
 
 from __future__ import annotations
@@ -75,10 +77,13 @@ def _authorized(request: web.Request) -> bool:
     settings = _monitor(request).settings
     verifier = api.TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
     try:
-        verifier.verify(header.removeprefix("Bearer ").strip())
+        claims = verifier.verify(header.removeprefix("Bearer ").strip())
     except Exception:  # expired, wrong key, malformed: all are "not authorized"
         return False
-    return True
+    # Placing SIP calls (or administering SIP) is what dialers and operators may do;
+    # a participant's room-join token, signed with the same key, may not.
+    sip = claims.sip
+    return sip is not None and (sip.call or sip.admin)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -59,8 +59,17 @@ def signed(body: str, secret: str = SECRET) -> str:
     return api.AccessToken(KEY, secret).with_sha256(digest).to_jwt()
 
 
-def bearer(secret: str = SECRET) -> dict[str, str]:
-    return {"Authorization": "Bearer " + api.AccessToken(KEY, secret).to_jwt()}
+def bearer(secret: str = SECRET, sip: api.SIPGrants | None = None) -> dict[str, str]:
+    """A dialer's token: signed with the key, with the grant to place SIP calls."""
+    token = api.AccessToken(KEY, secret).with_sip_grants(sip or api.SIPGrants(call=True))
+    return {"Authorization": "Bearer " + token.to_jwt()}
+
+
+def room_join_token() -> dict[str, str]:
+    """What a browser participant holds: signed with the same key, no SIP grant."""
+    grants = api.VideoGrants(room_join=True, room="call-b")
+    token = api.AccessToken(KEY, SECRET).with_identity("browser").with_grants(grants)
+    return {"Authorization": "Bearer " + token.to_jwt()}
 
 
 def participant_left_body(number: str = "+15551112222") -> str:
@@ -215,6 +224,7 @@ async def test_dial_hook_needs_our_token_and_a_valid_body(
     good = {"room": "call-b", "participant_identity": "callee", "sip_status_code": 486}
     assert (await client.post("/dial", json=good)).status == 401
     assert (await client.post("/dial", json=good, headers=bearer("x" * 40))).status == 401
+    assert (await client.post("/dial", json=good, headers=room_join_token())).status == 401
     bad_bodies: list[object] = [
         [],
         {"participant_identity": "callee"},
@@ -305,6 +315,9 @@ async def test_calls_lists_live_calls_masked_and_needs_our_token(
     for event in queued(monitor):
         monitor.process(event)
     assert (await client.get("/calls")).status == 401
+    assert (await client.get("/calls", headers=room_join_token())).status == 401
+    admin = bearer(sip=api.SIPGrants(admin=True))
+    assert (await client.get("/calls", headers=admin)).status == 200
     response = await client.get("/calls", headers=bearer())
     assert response.status == 200
     text = await response.text()
