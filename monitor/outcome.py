@@ -46,6 +46,9 @@ _SERVER_SIDE = frozenset(
 )
 # Reasons with which livekit-sip reports a failed dial (pkg/sip/errors.go).
 _DIAL_FAILURE = frozenset({Reason.USER_REJECTED, Reason.USER_UNAVAILABLE, Reason.SIP_TRUNK_FAILURE})
+# A dial failure without a SIP code (the API's `canceled`) is a cut, not an unanswered
+# call, when the room names our side or the server as the cause.
+_CUT_SHORT = _OUR_SIDE | _SERVER_SIDE
 
 AMBIGUOUS_480 = "480 means busy, unreachable or no answer depending on the carrier"
 AMBIGUOUS_UNAVAILABLE_DIALING = "404, 408, 480 or no response from the far end"
@@ -107,7 +110,7 @@ def decide(
         # The far end hung up (BYE), or livekit-sip ended it (EndCall, max duration).
         by = EndedBy.OUR_SIDE if reason in _OUR_SIDE else EndedBy.FAR_END
         return Verdict(Outcome.COMPLETED, by)
-    if dial_failed:
+    if dial_failed and not (sip_status_code is None and reason in _CUT_SHORT):
         outcome, ambiguity = outcome_of_sip_code(sip_status_code)
         return Verdict(outcome, EndedBy.FAR_END, ambiguity, active_before_answer=answered)
     if not evidence:

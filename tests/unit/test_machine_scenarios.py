@@ -134,6 +134,11 @@ def test_unanswered_outbound_outcome_comes_from_reason_and_last_status(
         (480, R.USER_UNAVAILABLE, Outcome.UNAVAILABLE, True),
         (408, R.USER_UNAVAILABLE, Outcome.NO_ANSWER, False),
         (None, R.USER_UNAVAILABLE, Outcome.NO_ANSWER, False),  # Twirp canceled, no SIP code
+        # Twirp canceled too when our side ends the dial while it rings, or the server
+        # does: the room's reason says who, and no SIP response was ever given.
+        (None, R.PARTICIPANT_REMOVED, Outcome.CANCELLED, False),
+        (None, R.ROOM_DELETED, Outcome.CANCELLED, False),
+        (None, R.SERVER_SHUTDOWN, Outcome.FAILED, False),
         (503, R.CLIENT_INITIATED, Outcome.TRUNK_FAILURE, False),
         (500, R.CLIENT_INITIATED, Outcome.TRUNK_FAILURE, False),
     ],
