@@ -247,7 +247,9 @@ class JournalWriter:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._stream = self.path.open("a", encoding="utf-8")
+        # Owner only: it holds phone numbers, identities and room names in clear.
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._stream = open(descriptor, "a", encoding="utf-8")  # noqa: SIM115 - kept open
         self._size = self.path.stat().st_size
         if self._size == 0:
             self._stream.write(self._header_line)

@@ -88,7 +88,7 @@ def record_summary(record: CallRecord, masker: NumberMasker) -> dict[str, object
     return {
         "call_id": record.call_id,
         "key": record.key,
-        "room": record.room,
+        "room": masker.text(record.room),  # dispatch rules often put the number there
         "participant_sid": record.participant_sid,
         "identity": masker.text(record.identity),
         "direction": str(record.direction),
@@ -118,7 +118,7 @@ def _describe(effect: Effect, masker: NumberMasker) -> str:
         return (
             f"{_clock(effect.at)}  {call.key}  started {call.direction} {call.state}"
             f"  trunk={call.trunk_id or '-'} to={masker.number(call.phone_number) or '-'}"
-            f"  room={call.room}"
+            f"  room={masker.text(call.room)}"
         )
     if isinstance(effect, StateChanged):
         return (

@@ -154,6 +154,7 @@ def test_writer_rotates_and_every_file_starts_with_the_header(tmp_path: Path) ->
     assert [file.name for file in files] == ["journal.jsonl", "journal.jsonl.1", "journal.jsonl.2"]
     for file in files:
         assert file.stat().st_size <= 2000
+        assert file.stat().st_mode & 0o777 == 0o600  # numbers in clear: owner only
         first = decode_line(file.read_text().splitlines()[0])
         assert isinstance(first, Header)
         assert first.instance == "m1"
@@ -211,6 +212,20 @@ def test_open_calls_and_anomalies_are_printed() -> None:
     print_replay(replay_events(script.events), out, NumberMasker())
     assert "anomaly unknown_status" in out.getvalue()
     assert "still open: SCL_test1 (dialing)" in out.getvalue()
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_number_in_the_room_name_is_masked(as_json: bool) -> None:
+    """Dispatch rules often name the room after the caller (docs/logging.md)."""
+    import io
+
+    script = CallScript(room="call-+447911123456").seen(0.0, "dialing")
+    script.left(1.0, Reason.USER_REJECTED)
+    script.tick(5.0)
+    out = io.StringIO()
+    print_replay(replay_events(script.events), out, NumberMasker(), as_json=as_json)
+    assert "call-+44******3456" in out.getvalue()
+    assert "447911123456" not in out.getvalue()
 
 
 def test_an_empty_journal_replays_to_nothing(tmp_path: Path) -> None:
