@@ -81,7 +81,11 @@ def _run(settings: Settings) -> int:
     configure_logging(settings)
     masker = NumberMasker(settings.mask_numbers, settings.mask_keep_digits)
     monitor = Monitor(settings, sinks=[CallLog(masker=masker)])
-    asyncio.run(run_until_signalled(monitor))
+    try:
+        asyncio.run(run_until_signalled(monitor))
+    except ConfigError as error:  # found only when starting: a port in use
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -17,6 +17,7 @@ Bad requests get a 4xx with a one-line JSON message, and are counted.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from livekit import api
 
+from monitor.config import ConfigError
 from monitor.model import DialFailed
 from monitor.privacy import NumberMasker
 from monitor.replay import record_summary
@@ -207,7 +209,11 @@ async def _listening(app: web.Application, host: str, port: int) -> AsyncIterato
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as error:  # in use, or an address this host does not have
+            why = os.strerror(error.errno) if error.errno else str(error)
+            raise ConfigError(f"cannot listen on {host}:{port}: {why}") from None
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()

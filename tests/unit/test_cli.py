@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,24 @@ def test_installed_command_exits_2_with_one_line_for_a_bad_setting() -> None:
         "call-monitor: CALL_MONITOR_HTTP_PORT must be an integer from 0 to 65535, got 'port'\n"
     )
     assert ENV["LIVEKIT_API_SECRET"] not in done.stdout + done.stderr
+
+
+def test_a_port_in_use_is_a_one_line_error_at_start() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"PATH": "/usr/bin:/bin", **ENV, "CALL_MONITOR_HTTP_PORT": str(port)}
+        done = subprocess.run(
+            [sys.executable, "-m", "monitor", "run"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"call-monitor: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert "Traceback" not in done.stderr
