@@ -172,8 +172,9 @@ class CallBook:
         self._pending: dict[str, float] = {}  # key -> settle deadline
         self._tombstones: OrderedDict[str, _Tombstone] = OrderedDict()
         self._orphans: dict[tuple[str, str], _OrphanDial] = {}
-        # (room, identity) -> key of the latest final call there, for late dial details
-        self._ended_slots: dict[tuple[str, str], str] = {}
+        # (room, identity) -> (key, when it ended) of the latest final call there, for
+        # late dial details
+        self._ended_slots: dict[tuple[str, str], tuple[str, float]] = {}
         self._clock = float("-inf")
 
     # ---- reading ----------------------------------------------------------------
@@ -559,7 +560,7 @@ class CallBook:
         )
         # The sid maps to the tombstone too, so keyless late events find it.
         self._tombstones[f"sid:{record.participant_sid}"] = self._tombstones[record.key]
-        self._ended_slots[(record.room, record.identity)] = record.key
+        self._ended_slots[(record.room, record.identity)] = (record.key, self._clock)
 
     def _after_end(
         self, key: str, event: ParticipantSeen | AttributesChanged | ParticipantLeft
@@ -641,7 +642,13 @@ class CallBook:
     def _find_ended_dial(self, event: DialFailed) -> str | None:
         if event.call_id and event.call_id in self._tombstones:
             return event.call_id
-        return self._ended_slots.get((event.room, event.participant_identity))
+        slot = self._ended_slots.get((event.room, event.participant_identity))
+        if slot is None:
+            return None
+        key, ended_at = slot
+        # Later than a dial detail comes, it is a new dial's, to the same number in the
+        # same room, whose call the room has not shown yet.
+        return key if event.at - ended_at <= self.settings.orphan_dial_seconds else None
 
     def _attach_dial(self, key: str, event: DialFailed) -> list[Effect]:
         call = self._calls[key]
@@ -676,7 +683,7 @@ class CallBook:
                 break
             del self._tombstones[oldest_key]
             slot = (oldest.room, oldest.identity)
-            if self._ended_slots.get(slot) == oldest_key:
+            if self._ended_slots.get(slot, ("", 0.0))[0] == oldest_key:
                 del self._ended_slots[slot]
         for slot, orphan in list(self._orphans.items()):
             if orphan.expires_at <= at:

@@ -642,6 +642,21 @@ def test_clock_never_goes_backwards() -> None:
     assert book.now == approx(T0 + 5.0)
 
 
+def test_a_redial_into_the_same_room_keeps_its_own_sip_code() -> None:
+    """The same number dialled into the same room ten minutes after a call there ended:
+    its dial failure, reported before the room shows the new call, is the new call's,
+    not a late detail of the old one."""
+    first = outbound().to(0.05, "ringing").to(2.0, "active").left(30.0, R.CLIENT_INITIATED)
+    first.tick(35.0)
+    second = CallScript(call_id="SCL_test2", sid="PA_test2").dial_failed(600.0, 486)
+    second.seen(602.8, "ringing").left(602.9, R.USER_REJECTED).tick(605.0)
+    _, effects = run(first.events + second.events)
+    records = {record.key: record for record in ended(effects)}
+    assert records["SCL_test2"].outcome is Outcome.BUSY
+    assert records["SCL_test2"].sip_status_code == 486
+    assert anomalies(effects) == []
+
+
 def test_room_sid_learned_later_is_kept() -> None:
     book = CallBook()
     script = CallScript()
