@@ -208,7 +208,10 @@ class Monitor:
     async def _consume(self) -> None:
         while True:
             event = await self.queue.get()
-            self.process(event)
+            try:
+                self.process(event)
+            except Exception:  # a bug must cost one event, logged, not every later one
+                log.exception("event_processing_failed", event_type=type(event).__name__)
 
     async def _tick(self) -> None:
         while True:
@@ -444,6 +447,9 @@ class Monitor:
             if slot is not None:
                 slot.wake.set()  # it may leave now
         self.metrics.reconcile_run(True, time.monotonic() - started)
+        # Only live calls' sightings matter; a late room event can add an ended one's.
+        live = {call.participant_sid for call in self.book.live_calls()}
+        self._room_seen = {sid: at for sid, at in self._room_seen.items() if sid in live}
 
     def _ask_room(self, room: str) -> None:
         """Have the room say who is in it: its connection reseeds, or one is made."""

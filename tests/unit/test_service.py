@@ -5,7 +5,7 @@ from __future__ import annotations
 from livekit import api
 
 from monitor.config import load_settings
-from monitor.model import Reason
+from monitor.model import Effect, Event, Reason
 from monitor.service import Monitor, observer_token
 from tests.unit.script import CallScript
 
@@ -98,3 +98,40 @@ def test_a_listing_leaves_a_participant_who_just_joined_to_its_join_webhook() ->
     # Without webhooks, a listing is how calls are found: nothing waits.
     without = Monitor(load_settings({"webhooks": "false"}, ENV))
     assert not without._awaits_join_webhook(seen(99.0), set(), 100.0)
+
+
+async def test_an_event_the_service_fails_on_costs_that_event_alone() -> None:
+    """A bug that raises while processing one event is logged; the events after it are
+    processed."""
+    import asyncio
+
+    import structlog
+
+    monitor = Monitor(load_settings({"room_mode": "setup"}, ENV))
+    events = CallScript().seen(0.0, "dialing").to(1.0, "ringing").events
+    step = monitor.book.step
+    calls = 0
+
+    def fails_once(event: Event) -> list[Effect]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return step(event)
+
+    monitor.book.step = fails_once  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logs:
+        consumer = asyncio.create_task(monitor._consume())
+        for event in events:
+            monitor.submit(event)
+        for _ in range(100):  # the queue drains in milliseconds, or never
+            await asyncio.sleep(0.01)
+            if monitor.queue.empty():
+                break
+        await asyncio.sleep(0.01)
+        consumer.cancel()
+    [failed] = [line for line in logs if line["event"] == "event_processing_failed"]
+    assert failed["event_type"] == "ParticipantSeen"
+    assert calls == 2
+    [call] = monitor.live_calls()
+    assert str(call.state) == "ringing"
