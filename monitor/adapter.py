@@ -198,7 +198,9 @@ class RoomObserver:
             parsed, _ = parse_reason(reason)
             # The observer's own end means the room is gone only for these reasons.
             if parsed in ROOM_GONE_REASONS:
-                self.emit(RoomEnded(self.clock(), Source.ROOM, self.room_name, parsed))
+                self.emit(
+                    RoomEnded(self.clock(), Source.ROOM, self.room_name, parsed, self.room_sid)
+                )
             self.hooks.lost(self.room_name, parsed)
 
         def reconnecting() -> None:

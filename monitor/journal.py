@@ -144,7 +144,7 @@ def _decode(kind: object, data: dict[str, Any]) -> Event | Header:
         )
     if kind == "room_ended":
         reason, _ = parse_reason(data.get("reason"))
-        return RoomEnded(at, source, _text(data["room"]), reason)
+        return RoomEnded(at, source, _text(data["room"]), reason, _text(data.get("room_sid", "")))
     if kind == "participant_vanished":
         return ParticipantVanished(at, source, _text(data["room"]), _text(data["participant_sid"]))
     participant = _participant(data["participant"])

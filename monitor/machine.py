@@ -221,6 +221,9 @@ class CallBook:
             unheard = event.reason is None or event.reason is Reason.ROOM_CLOSED
             strength = _NO_EVIDENCE if unheard else _ROOM_REASON
             for key in sorted(self._keys_of_room.get(event.room, ())):
+                known_sid = self._calls[key].record.room_sid
+                if event.room_sid and known_sid and known_sid != event.room_sid:
+                    continue  # an earlier room of that name (a late room_finished)
                 effects += self._begin_end(key, event.at, event.source, event.reason, strength)
         else:
             effects += self._on_dial_failed(event)

@@ -276,12 +276,14 @@ class ParticipantVanished:
 
 @dataclass(frozen=True, slots=True)
 class RoomEnded:
-    """The room is gone. `reason` is what the observer was told (ROOM_DELETED...), if any."""
+    """The room is gone. `reason` is what the observer was told (ROOM_DELETED...), if any;
+    `room_sid` which room of that name it was, when known."""
 
     at: float
     source: Source
     room: str
     reason: Reason | None = None
+    room_sid: str = ""
 
 
 @dataclass(frozen=True, slots=True)

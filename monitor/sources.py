@@ -118,7 +118,7 @@ def events_of_webhook(event: webhook.WebhookEvent, at: float) -> list[Event]:
             )
         ]
     if event.event == "room_finished":
-        return [RoomEnded(at, Source.WEBHOOK, room, None)]
+        return [RoomEnded(at, Source.WEBHOOK, room, None, room_sid)]
     return []
 
 

@@ -102,9 +102,9 @@ class CallScript:
         return self
 
     def room_ended(
-        self, at: float, reason: Reason | None, source: Source = Source.ROOM
+        self, at: float, reason: Reason | None, source: Source = Source.ROOM, room_sid: str = ""
     ) -> CallScript:
-        self.events.append(RoomEnded(T0 + at, source, self.room, reason))
+        self.events.append(RoomEnded(T0 + at, source, self.room, reason, room_sid))
         return self
 
     def dial_failed(self, at: float, code: int | None, call_id: str = "") -> CallScript:

@@ -426,6 +426,20 @@ def test_room_finished_before_participant_left_is_overruled_within_the_settle_wi
     assert record.timings.ended_at == approx(T0 + 1.2)
 
 
+def test_a_late_room_finished_of_an_earlier_room_of_that_name_ends_no_new_call() -> None:
+    """Room names are reused; a room_finished retried or delayed past the next room's
+    start names the earlier room's sid, and leaves the new room's call alone."""
+    script = outbound().to(0.05, "ringing").room_ended(1.0, None, Source.WEBHOOK, "RM_old")
+    script.tick(5.0)
+    book, effects = run(script.events, settle=1.0)
+    assert ended(effects) == []
+    assert [str(call.state) for call in book.live_calls()] == ["ringing"]
+    # The room's own sid ends it as before.
+    script.room_ended(6.0, None, Source.WEBHOOK, "RM_1").tick(9.0)
+    _, effects = run(script.events, settle=1.0)
+    assert only_end(effects).outcome is Outcome.LOST
+
+
 def test_room_gone_with_no_word_on_the_call_is_lost_and_said_so() -> None:
     script = outbound().to(0.05, "active").room_ended(5.0, None, Source.WEBHOOK)
     _, effects = run(script.events)
