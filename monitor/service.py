@@ -36,6 +36,7 @@ from monitor.model import (
     Event,
     ParticipantSeen,
     ParticipantVanished,
+    RoomEnded,
     Source,
     Tick,
 )
@@ -138,10 +139,11 @@ class Monitor:
         self._suspects: dict[str, float] = {}
         self._suspect_rooms: set[str] = set()
         self._room_seen: dict[str, float] = {}
-        # room -> sid of a room not to join: one that ended with an observer in it, or
-        # one an observer's join created after the calls' room closed (livekit-server
-        # creates a missing room for anyone who joins). Such a room is joined again only
-        # once a webhook or a listing shows a room of that name with another sid.
+        # room -> sid of a room not to join: one that ended (its room_finished, or with
+        # an observer in it), or one an observer's join created after the calls' room
+        # closed (livekit-server creates a missing room for anyone who joins). Such a
+        # room is joined again only once a webhook or a listing shows a room of that
+        # name with another sid.
         self._rooms_closed: dict[str, str] = {}
         self._journal: JournalWriter | None = None
         self._journal_failing = False
@@ -172,6 +174,8 @@ class Monitor:
             self._room_seen[event.participant.sid] = self.clock()
         elif isinstance(event, ParticipantSeen):
             self._room_opened(event.room, event.room_sid)
+        elif isinstance(event, RoomEnded) and event.room_sid:
+            self._rooms_closed[event.room] = event.room_sid  # a late join webhook may follow
         effects = self.book.step(event)
         for effect in effects:
             for sink in self.sinks:

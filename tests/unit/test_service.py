@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from livekit import api
 
 from monitor.config import load_settings
-from monitor.model import Effect, Event, Reason
+from monitor.model import Effect, Event, ParticipantSeen, Reason, Source
 from monitor.service import Monitor, observer_token
 from tests.unit.script import CallScript
 
@@ -135,3 +137,20 @@ async def test_an_event_the_service_fails_on_costs_that_event_alone() -> None:
     assert calls == 2
     [call] = monitor.live_calls()
     assert str(call.state) == "ringing"
+
+
+def test_a_join_webhook_after_its_rooms_room_finished_does_not_send_an_observer() -> None:
+    """Joining a room livekit-server has closed would open it anew; a join webhook of
+    that room delivered late (retried) must not send an observer there. One of a new
+    room of the same name (another sid) does."""
+    monitor = Monitor(load_settings({"room_mode": "setup"}, ENV))
+    script = CallScript().room_ended(0.0, None, Source.WEBHOOK, room_sid="RM_1")
+    script.seen(0.5, "dialing", Source.WEBHOOK)  # the script's calls are in RM_1
+    feed(monitor, script)
+    assert [call.state for call in monitor.live_calls()] == ["dialing"]
+    assert not monitor.room_needs_observer("call-test")
+    later = CallScript(call_id="SCL_test2", sid="PA_test2").seen(9.0, "dialing", Source.WEBHOOK)
+    event = later.events[0]
+    assert isinstance(event, ParticipantSeen)
+    monitor.process(replace(event, room_sid="RM_2"))
+    assert monitor.room_needs_observer("call-test")
