@@ -91,7 +91,7 @@ class WebhookIntake:
 
 
 # The webhook kinds the monitor reads; livekit-server can be told to send only these
-# (`webhook.filter_params.include_events`, README "Running it").
+# (`webhook.filter_params.include_events`, README "Running it next to LiveKit").
 WEBHOOK_EVENTS_USED = (
     "participant_joined",
     "participant_left",

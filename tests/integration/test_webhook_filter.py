@@ -1,8 +1,8 @@
 """livekit-server told to send the monitor only the webhook kinds it reads.
 
-README "Running it" suggests `webhook.filter_params.include_events` with
+README "Running it next to LiveKit" suggests `webhook.filter_params.include_events` with
 `monitor.sources.WEBHOOK_EVENTS_USED` where the monitor is the only consumer of the
-webhooks: about half of the webhooks of a call are of kinds it ignores (room_started,
+webhooks: about 3 of the 8 webhooks of a call are of kinds it ignores (room_started,
 track_published, track_unpublished), each still verified and parsed. Here a stack of
 its own runs with that filter, next to the session's stack without it: calls are
 counted as the ledger says either way, and only the filtered one sends nothing the
