@@ -37,7 +37,8 @@ COPY --from=build /app/.venv /app/.venv
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    CALL_MONITOR_LOG_FORMAT=json
+    CALL_MONITOR_LOG_FORMAT=json \
+    CALL_MONITOR_HTTP_HOST=0.0.0.0
 # The journal goes here when CALL_MONITOR_JOURNAL points here: mount a volume on it.
 WORKDIR /var/lib/call-monitor
 USER monitor:monitor
@@ -47,4 +48,5 @@ EXPOSE 9469
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('CALL_MONITOR_HTTP_PORT', '9469'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]
 ENTRYPOINT ["call-monitor"]
-CMD ["run", "--http-host", "0.0.0.0"]
+# Settings as environment, not flags: a flag would win over what a deployment sets.
+CMD ["run"]

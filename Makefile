@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server prometheus prometheus-alertmanager jq lnav
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help demo replay-demo test test-unit lint fmt coverage build samples dashboards bench clean system-packages
+.PHONY: help demo replay-demo test test-unit lint fmt build samples dashboards bench clean system-packages
 
 help:
 	@echo "make demo       the main job: a local stack, the monitor, real calls, live output"
@@ -28,6 +28,7 @@ help:
 	@echo "make samples    regenerate samples/ from tests/fixtures/traces"
 	@echo "make dashboards regenerate dashboards/*.json from dashboards/*.py"
 	@echo "make bench      benchmarks on a local stack (BENCH_ARGS=--quick: a few minutes)"
+	@echo "make clean      remove old stack run folders and caches"
 
 $(CURDIR)/.cache/tools/uv/bin/uv:
 	@echo ">> installing uv from PyPI into .cache/tools/uv"

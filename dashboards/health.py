@@ -254,8 +254,9 @@ def health_board() -> Board:
     board.add(
         timeseries_panel(
             "Event lag",
-            "Time from an event's own timestamp to its processing, median and 99th "
-            "percentile by source: seconds mean a source is behind.",
+            "Time from an event reaching the monitor (a webhook, an observer process's "
+            "line, a listing) to its processing, median and 99th percentile by source: "
+            "seconds mean the monitor is behind.",
             "s",
             _quantiles("call_monitor_event_lag_seconds", "source", "{{source}}"),
             min_value=0,

@@ -2,7 +2,7 @@
 
 LiveKit's own variable names (LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET) and the
 monitor's own (CALL_MONITOR_*). One table declares them all: the CLI builds its flags
-from it and docs/configuration.md lists it. A missing or malformed setting is a
+from it and the README's "Configuration" lists it (a test checks). A missing or malformed setting is a
 `ConfigError` whose one-line message names the setting; a secret's value never appears
 in a message or a listing.
 """
