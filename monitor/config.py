@@ -2,9 +2,9 @@
 
 LiveKit's own variable names (LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET) and the
 monitor's own (CALL_MONITOR_*). One table declares them all: the CLI builds its flags
-from it and the README's "Configuration" lists it (a test checks). A missing or malformed setting is a
-`ConfigError` whose one-line message names the setting; a secret's value never appears
-in a message or a listing.
+from it and the README's "Configuration" lists it (a test checks). A missing or
+malformed setting is a `ConfigError` whose one-line message names the setting; a
+secret's value never appears in a message or a listing.
 """
 
 from __future__ import annotations
