@@ -56,17 +56,16 @@ async def record(
     seconds: float,
     output: Path,
     rate: int = 250,
-    subprocesses: bool = False,
 ) -> tuple[int, str]:
-    """Record `pid` (and its subprocesses if asked) for `seconds` of wall time; return
-    py-spy's status and the end of its output.
+    """Record `pid` alone for `seconds` of wall time; return py-spy's status and the end
+    of its output.
 
     py-spy's own `--duration` counts samples, so on a saturated machine it runs longer
     than asked (a 20 s profile took almost 5 minutes here); it is stopped with SIGINT
     instead, on which it writes what it has.
     """
     try:
-        process = await _start(command, pid, rate, output, subprocesses)
+        process = await _start(command, pid, rate, output)
     except OSError as error:  # no py-spy: the cell goes on without a profile
         return 127, f"{command[0]}: {error}"
     try:
@@ -137,7 +136,7 @@ def summarize_collapsed(text: str, top: int = 40) -> dict[str, object]:
 
 
 async def _start(
-    command: Sequence[str], pid: int, rate: int, output: Path, subprocesses: bool
+    command: Sequence[str], pid: int, rate: int, output: Path
 ) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *command,
@@ -148,7 +147,6 @@ async def _start(
         str(rate),
         "--format",
         "raw",
-        *(["--subprocesses"] if subprocesses else []),
         "--nonblocking",
         "--output",
         str(output),
