@@ -175,6 +175,14 @@ SETTINGS: tuple[Setting, ...] = (
         "auto: setup with webhooks, whole_call without",
     ),
     Setting(
+        "observer",
+        "CALL_MONITOR_OBSERVER",
+        _choice("signal", "rtc"),
+        "signal",
+        "signal: watch rooms on livekit-server's signal WebSocket alone (no WebRTC); "
+        "rtc: through the WebRTC SDK in observer processes, the fallback",
+    ),
+    Setting(
         "answer_grace_seconds",
         "CALL_MONITOR_ANSWER_GRACE_SECONDS",
         _bounded_float(0, 600),
@@ -200,7 +208,7 @@ SETTINGS: tuple[Setting, ...] = (
         "CALL_MONITOR_OBSERVER_RECYCLE_JOINS",
         _bounded_int(1, 1_000_000),
         "200",
-        "room connections an observer process closes before it is replaced",
+        "rtc observer only: room connections an observer process closes before it is replaced",
     ),
     Setting(
         "reconcile_seconds",
@@ -287,6 +295,7 @@ class Settings:
     settle_seconds: float
     webhooks: bool
     room_mode: str
+    observer: str
     answer_grace_seconds: float
     max_concurrent_joins: int
     join_timeout_seconds: float

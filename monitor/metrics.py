@@ -41,6 +41,7 @@ from monitor.model import (
     CallStarted,
     Direction,
     Effect,
+    Reason,
     StateChanged,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "ANSWER_BUCKETS",
     "CALL_DURATION_BUCKETS",
     "EVENT_LAG_BUCKETS",
+    "LOST_REASONS",
     "PDD_BUCKETS",
     "RECONCILE_BUCKETS",
     "TALK_BUCKETS",
@@ -123,6 +125,12 @@ WEBHOOK_RESULTS: Final[tuple[str, ...]] = (
     "too_large",
     "ignored",
     "error",
+)
+
+# Why a room connection ended: livekit-server's leave reasons, or what the client saw.
+_CLIENT_SIDE_ENDS: Final = ("ping_timeout", "socket_closed", "socket_error", "process_exited")
+LOST_REASONS: Final[frozenset[str]] = frozenset(
+    [*(str(reason) for reason in Reason), *_CLIENT_SIDE_ENDS]
 )
 
 UNKNOWN: Final = "unknown"  # an empty label value
@@ -305,6 +313,23 @@ class MonitorMetrics:
         self._room_reconnects = Counter(
             "room_reconnects", "Room connections lost and re-established.", **common
         )
+        self._room_connections_lost = Counter(
+            "room_connections_lost",
+            "Room connections that ended while the room still mattered, by why: the "
+            "leave reason livekit-server gave, or ping_timeout, socket_closed, "
+            "socket_error, process_exited.",
+            ["reason"],
+            **common,
+        )
+        self._room_renewals = Counter(
+            "room_renewals",
+            "Signal-channel sessions replaced before livekit-server's one-minute join "
+            "timeout, by result.",
+            ["result"],
+            **common,
+        )
+        for result in ("success", "failure"):
+            self._room_renewals.labels(result=result)
         self._webhooks = Counter(
             "webhook_requests",
             "Webhook requests received from livekit-server, by result.",
@@ -421,6 +446,13 @@ class MonitorMetrics:
 
     def room_reconnect(self) -> None:
         self._room_reconnects.inc()
+
+    def room_connection_lost(self, why: str) -> None:
+        """A room connection ended on its own; `why` outside the known words is "other"."""
+        self._room_connections_lost.labels(reason=why if why in LOST_REASONS else "other").inc()
+
+    def room_renewal(self, ok: bool) -> None:
+        self._room_renewals.labels(result="success" if ok else "failure").inc()
 
     def rooms_watched(self, n: int) -> None:
         self._rooms_watched.set(n)

@@ -40,7 +40,9 @@ from monitor.model import (
     Source,
     Tick,
 )
-from monitor.observers import LinkHooks, ObserverPool, RoomLink
+from monitor.room_link import LinkHooks, Observers, RoomLink
+from monitor.rtc_observers import ObserverPool
+from monitor.signal_observer import SignalObservers
 from monitor.sources import WebhookIntake, listing_events
 
 __all__ = ["Monitor", "observer_token", "run_until_signalled"]
@@ -148,12 +150,16 @@ class Monitor:
         self._journal: JournalWriter | None = None
         self._journal_failing = False
         self._observer_serial = 0
-        self.observers = ObserverPool(
-            self.submit,
-            settings.observer_recycle_joins,
-            move_after=observer_move_after,
-            sdk_log_level=logging.DEBUG if settings.log_level == "debug" else logging.WARNING,
-        )
+        self.observers: Observers
+        if settings.observer == "rtc":
+            self.observers = ObserverPool(
+                self.submit,
+                settings.observer_recycle_joins,
+                move_after=observer_move_after,
+                sdk_log_level=logging.DEBUG if settings.log_level == "debug" else logging.WARNING,
+            )
+        else:
+            self.observers = SignalObservers(self.submit, clock)
         if settings.journal_path is not None:
             header = Header(self.book.settings, settings.instance, clock())
             self._journal = JournalWriter(
@@ -287,6 +293,8 @@ class Monitor:
                 joined = await self._join(room)
                 if joined is not None:
                     attempt = 0
+                    if held is not None and held.lost.is_set():
+                        self.metrics.room_reconnect()
                     slot.observer = joined
                     if held is not None:
                         await held.close()
@@ -314,8 +322,9 @@ class Monitor:
             if slot is not None:
                 slot.wake.set()
 
-        def lost(name: str, closed_sid: str | None) -> None:
-            log.info("room_connection_lost", room=name, room_closed=closed_sid is not None)
+        def lost(name: str, closed_sid: str | None, why: str) -> None:
+            log.info("room_connection_lost", room=name, room_closed=closed_sid is not None, why=why)
+            self.metrics.room_connection_lost(why)
             if closed_sid is not None:
                 self._rooms_closed[name] = closed_sid
             wake(name)
@@ -325,6 +334,7 @@ class Monitor:
             reconnecting=lambda name: log.info("room_reconnecting", room=name),
             reconnected=lambda name: self.metrics.room_reconnect(),
             moving=wake,
+            renewed=lambda name, ok: self.metrics.room_renewal(ok),
         )
         async with self._join_slots:
             if not self.room_needs_observer(room):

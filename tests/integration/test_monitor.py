@@ -31,7 +31,10 @@ from monitor.adapter import RoomObserver
 from monitor.dial import create_sip_participant
 from monitor.logs import CallLog
 from monitor.model import CallRecord, Direction, EndedBy, Outcome
+from monitor.room_link import LinkHooks, Observers
+from monitor.rtc_observers import ObserverPool, ProcessLink
 from monitor.service import observer_token
+from monitor.signal_observer import SignalObservers
 from stack import Stack
 from stack.config import free_port
 from stack.ledger import CallEnded, Ledger
@@ -391,8 +394,9 @@ async def test_restarted_mid_call_the_monitor_loses_no_call_and_counts_none_twic
     assert record.call_id == placed.ended.call_id
 
 
+@pytest.mark.parametrize("kind", ["signal", "rtc"])
 async def test_observer_is_invisible_and_does_not_keep_a_room_open(
-    stack: Stack, lkapi: api.LiveKitAPI, observe: JoinObserver, place_call: PlaceCall
+    stack: Stack, lkapi: api.LiveKitAPI, observe: JoinObserver, kind: str
 ) -> None:
     from monitor.config import load_settings
 
@@ -403,10 +407,13 @@ async def test_observer_is_invisible_and_does_not_keep_a_room_open(
     )
     watcher = await observe(room)
     ended: list[object] = []
-    observer = RoomObserver(
-        room, stack.ws_url, observer_token(settings, room, "call-monitor-test"), ended.append
-    )
-    await observer.connect(10.0)
+    token = observer_token(settings, room, "call-monitor-test")
+    signal_observers = SignalObservers(ended.append)
+    rtc_observer = RoomObserver(room, stack.ws_url, token, ended.append)
+    if kind == "signal":
+        await signal_observers.join(room, stack.ws_url, token, 10.0, LinkHooks())
+    else:
+        await rtc_observer.connect(10.0)
     try:
         await asyncio.sleep(1.0)
         # The plain participant never saw the monitor's observer join.
@@ -418,7 +425,8 @@ async def test_observer_is_invisible_and_does_not_keep_a_room_open(
         # With only the observer left, the room still closes on its own timeout.
         await wait_until(lambda: bool(ended), timeout=20, what="room closed")
     finally:
-        await observer.close()
+        await signal_observers.close()
+        await rtc_observer.close()
     rooms = await lkapi.room.list_rooms(api.ListRoomsRequest(names=[room]))
     assert list(rooms.rooms) == []
     assert [type(e).__name__ for e in ended] == ["RoomEnded"]
@@ -490,17 +498,18 @@ async def test_a_room_deleted_unheard_is_not_kept_open_by_the_monitor(
         assert record.outcome is Outcome.LOST, record
 
 
+@pytest.mark.parametrize("observer", ["signal", "rtc"])
 async def test_fifty_rooms_at_once_repeatedly_leave_nothing_behind_and_memory_flat(
-    stack: Stack, monitor_port: int, place_call: PlaceCall
+    stack: Stack, monitor_port: int, place_call: PlaceCall, observer: str
 ) -> None:
     """Nothing of ours outlives a room (connections, observer processes, tasks, Python
-    memory), and memory stays flat.
+    memory), and memory stays flat, with either observer.
 
-    The livekit SDK keeps about 1.2 MiB of native memory per room connection for the
-    life of its process (livekit 1.2.1, python-sdks #449). The monitor's rooms are held
-    by observer processes that are replaced after `observer_recycle_joins` closed
-    connections, so the memory of the monitor and its observers together is flat from
-    round to round. Held in one process, it grew by 60 to 120 MiB a round here.
+    The signal observer holds a WebSocket per room in the monitor's own process. The
+    livekit SDK keeps about 1.2 MiB of native memory per room connection for the life
+    of its process (livekit 1.2.1, python-sdks #449), so the rtc observer's rooms are
+    held by observer processes that are replaced after `observer_recycle_joins` closed
+    connections. Held in one process, it grew by 60 to 120 MiB a round here.
     """
 
     def tasks() -> list[str]:
@@ -509,9 +518,11 @@ async def test_fifty_rooms_at_once_repeatedly_leave_nothing_behind_and_memory_fl
         return sorted(coro for coro in coros if "web_protocol" not in coro)
 
     async with running_monitor(
-        stack, monitor_port, room_mode="whole_call", observer_recycle_joins="10"
+        stack, monitor_port, room_mode="whole_call", observer=observer, observer_recycle_joins="10"
     ) as (monitor, recorder):
         pool = monitor.observers
+        if isinstance(pool, SignalObservers):
+            assert pool.pids() == []
         blocks, rss = [], []
         baseline_tasks: list[str] = []
         placed: list[PlacedCall] = []
@@ -526,15 +537,11 @@ async def test_fifty_rooms_at_once_repeatedly_leave_nothing_behind_and_memory_fl
             for room in rooms:
                 await recorder.wait_ended(room, timeout=60)
             await wait_until(lambda: not monitor.rooms, timeout=30, what="observers gone")
-            # A join abandoned on its timeout finishes in its process, then leaves.
-            await wait_until(
-                lambda: not any(worker.links for worker in pool.workers),
-                timeout=30,
-                what="every room connection closed",
-            )
-            # The process that served the round before this one is gone: what is left is
-            # the one that took this round's joins and its spare.
-            await wait_until(lambda: len(pool.workers) <= 2, timeout=30, what="old process exit")
+            await wait_until(lambda: not open_connections(pool), 30, "connections closed")
+            if isinstance(pool, ObserverPool):
+                # The process that served the round before this one is gone: what is left
+                # is the one that took this round's joins and its spare.
+                await wait_until(lambda: len(pool.workers) <= 2, 30, "old process exit")
             assert monitor.book.live_calls() == []
             if round_ == 0:
                 baseline_tasks = tasks()
@@ -545,7 +552,7 @@ async def test_fifty_rooms_at_once_repeatedly_leave_nothing_behind_and_memory_fl
             assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("watch-room")]
             blocks.append(sys.getallocatedblocks())
             rss.append(rss_mib(os.getpid()) + sum(rss_mib(pid) for pid in pool.pids()))
-        started = pool.started
+        started = pool.started if isinstance(pool, ObserverPool) else 0
         ended = recorder.ended()
     assert len(ended) == 200
     # Each call as the SIP side saw it (on a loaded machine a few fail for real). A
@@ -567,9 +574,10 @@ async def test_fifty_rooms_at_once_repeatedly_leave_nothing_behind_and_memory_fl
             assert record.ambiguity, record
             unseen_answers += 1
     print(f"answers the monitor could not see (joined too late): {unseen_answers} of 200")
-    # Processes were replaced as they wore out (the first two are the first one and its
-    # spare).
-    assert started >= 4, started
+    if observer == "rtc":
+        # Processes were replaced as they wore out (the first two are the first one and
+        # its spare).
+        assert started >= 4, started
     print(f"RSS of the monitor and its observers after each round of 50: {rss} MiB")
     # Python's own heap is flat once the first round warmed up; the allowance covers
     # what the test itself keeps (every effect, about 50 blocks a call).
@@ -587,9 +595,15 @@ async def test_rooms_move_to_a_fresh_observer_process_without_a_gap(
     the old connection closes: the call in the moved room ends as the ledger says, with
     every status seen live and none twice."""
     async with running_monitor(
-        stack, monitor_port, move_after=0.5, room_mode="whole_call", observer_recycle_joins="1"
+        stack,
+        monitor_port,
+        move_after=0.5,
+        room_mode="whole_call",
+        observer="rtc",
+        observer_recycle_joins="1",
     ) as (monitor, recorder):
         pool = monitor.observers
+        assert isinstance(pool, ObserverPool)
         assert pool.current is not None
         first = pool.current.serial
         long_room, short_room, third_room = (unique_room(n) for n in ("long", "short", "third"))
@@ -627,11 +641,12 @@ async def test_a_killed_observer_process_is_replaced_and_its_calls_still_end_rig
     """An observer process that dies (the SDK SIGTERMs its own process when its FFI
     panics) takes its connections with it; the monitor joins the rooms again through
     another process and sees the rest of the call live."""
-    async with running_monitor(stack, monitor_port, room_mode="whole_call") as (
+    async with running_monitor(stack, monitor_port, room_mode="whole_call", observer="rtc") as (
         monitor,
         recorder,
     ):
         pool = monitor.observers
+        assert isinstance(pool, ObserverPool)
         room = unique_room("killed")
         call = asyncio.ensure_future(place_call(sim_number("00"), room=room, ring=4.0, talk=2.0))
         await recorder.wait_state(room, "ringing", timeout=15)
@@ -642,7 +657,7 @@ async def test_a_killed_observer_process_is_replaced_and_its_calls_still_end_rig
         def joined_again() -> bool:
             slot = monitor.rooms.get(room)
             held = None if slot is None else slot.observer
-            return held is not None and held.worker is not victim
+            return isinstance(held, ProcessLink) and held.worker is not victim
 
         await wait_until(joined_again, 15, "joined again through another process")
         placed = await call
@@ -653,6 +668,15 @@ async def test_a_killed_observer_process_is_replaced_and_its_calls_still_end_rig
     assert record.outcome is Outcome.COMPLETED
     assert not record.timings.answer_approximate
     assert len(recorder.started(room)) == 1
+
+
+def open_connections(pool: Observers) -> int:
+    """Room connections the observers still hold (a join abandoned on its timeout
+    finishes, then leaves)."""
+    if isinstance(pool, ObserverPool):
+        return sum(len(worker.links) for worker in pool.workers)
+    assert isinstance(pool, SignalObservers)
+    return pool.open_links()
 
 
 def tasks_within(tasks: Callable[[], list[str]], limit: int) -> bool:

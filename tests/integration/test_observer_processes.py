@@ -14,7 +14,8 @@ import logging
 import pytest
 
 from monitor.config import load_settings
-from monitor.observers import JoinFailed, LinkHooks, ObserverPool
+from monitor.room_link import JoinFailed, LinkHooks
+from monitor.rtc_observers import ObserverPool
 from monitor.service import observer_token
 from stack import Stack
 from stack.config import free_port

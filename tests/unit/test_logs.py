@@ -36,8 +36,8 @@ from monitor.logs import (
 )
 from monitor.machine import CallBook, MachineSettings
 from monitor.model import Anomaly, AnomalyKind, Event, Reason
-from monitor.observers import native_record
 from monitor.privacy import NumberMasker
+from monitor.rtc_observers import native_record
 from tests.tools import system_tool
 from tests.unit.script import T0, CallScript
 

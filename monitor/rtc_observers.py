@@ -1,4 +1,5 @@
-"""Room connections held in observer processes that are replaced as they age.
+"""The fallback room observer (`--observer rtc`): the WebRTC SDK, in observer processes
+replaced as they age. The default observer needs none of this (`signal_observer.py`).
 
 The livekit SDK keeps native memory for every room a process has joined (about 1.2 MiB
 a connection with livekit 1.2.1, python-sdks #449). So the monitor never joins a room
@@ -32,8 +33,9 @@ import structlog
 
 from monitor.journal import Header, JournalError, decode_line
 from monitor.model import ROOM_GONE_REASONS, Event, parse_reason
+from monitor.room_link import JoinFailed, LinkHooks
 
-__all__ = ["JoinFailed", "LinkHooks", "ObserverPool", "RoomLink", "native_record"]
+__all__ = ["ObserverPool", "ProcessLink", "native_record"]
 
 log = structlog.get_logger("call_monitor")
 
@@ -66,23 +68,8 @@ def native_record(line: str) -> tuple[int, str, str] | None:
     return _NATIVE_LEVELS[level], target, message
 
 
-class JoinFailed(Exception):
-    """The observer process could not join the room; str() says why."""
-
-
-@dataclass
-class LinkHooks:
-    """What a room connection tells the service, besides the room's events."""
-
-    # (room, the room's sid if the room itself ended, else None)
-    lost: Callable[[str, str | None], None] = lambda room, closed_sid: None
-    reconnecting: Callable[[str], None] = lambda room: None
-    reconnected: Callable[[str], None] = lambda room: None
-    moving: Callable[[str], None] = lambda room: None
-
-
 @dataclass(eq=False)
-class RoomLink:
+class ProcessLink:
     """One room connection, held by one observer process."""
 
     id: int
@@ -107,10 +94,10 @@ class RoomLink:
         """Have the room report the SIP participants in it now, as ParticipantSeen."""
         self.worker.send({"op": "seed", "id": self.id})
 
-    def mark_lost(self, room_closed: bool = False) -> None:
+    def mark_lost(self, why: str, room_closed: bool = False) -> None:
         if not self.lost.is_set():
             self.lost.set()
-            self.hooks.lost(self.room, self.room_sid if room_closed else None)
+            self.hooks.lost(self.room, self.room_sid if room_closed else None, why)
 
 
 class _Worker:
@@ -122,7 +109,7 @@ class _Worker:
         self.serial = serial
         self.process = process
         self.submit = submit
-        self.links: dict[int, RoomLink] = {}
+        self.links: dict[int, ProcessLink] = {}
         self.joins = 0
         self.retired = False
         self.moving = False
@@ -150,7 +137,7 @@ class _Worker:
         stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
         return True
 
-    def leave(self, link: RoomLink) -> None:
+    def leave(self, link: ProcessLink) -> None:
         if self.links.pop(link.id, None) is not None:
             self.send({"op": "leave", "id": link.id})
         self.end_if_idle()
@@ -208,7 +195,7 @@ class _Worker:
             for link in list(self.links.values()):
                 if not link.answer.done():
                     link.answer.set_exception(JoinFailed("the observer process exited"))
-                link.mark_lost()
+                link.mark_lost("process_exited")
             self.links.clear()
             code = self.process.returncode
             level = logging.INFO if code == 0 else logging.WARNING
@@ -266,7 +253,7 @@ class _Worker:
                     link.answer.set_exception(JoinFailed(str(message["error"])))
             elif kind == "lost":
                 reason, _ = parse_reason(message.get("reason"))
-                link.mark_lost(room_closed=reason in ROOM_GONE_REASONS)
+                link.mark_lost(str(reason or "socket_closed"), reason in ROOM_GONE_REASONS)
             elif kind == "reconnecting":
                 link.hooks.reconnecting(link.room)
             elif kind == "reconnected":
@@ -299,12 +286,12 @@ class ObserverPool:
 
     async def join(
         self, room: str, url: str, token: str, within: float, hooks: LinkHooks
-    ) -> RoomLink:
+    ) -> ProcessLink:
         """Join `room` hidden through the current process; raises JoinFailed."""
         worker = await self._worker()
         worker.joins += 1
         self._link_serial += 1
-        link = RoomLink(self._link_serial, room, hooks, worker)
+        link = ProcessLink(self._link_serial, room, hooks, worker)
         worker.links[link.id] = link
         command = {"op": "join", "id": link.id, "room": room, "url": url, "token": token}
         try:
