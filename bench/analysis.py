@@ -64,6 +64,14 @@ class MonitorLog:
     lines: dict[str, list[LogLine]] = field(default_factory=dict)
     warnings: dict[str, int] = field(default_factory=dict)
     unreadable: int = 0
+    # Outbound calls that rang, and those whose post-dial delay was seen only after the
+    # fact (the observer came after the 18x).
+    rang: int = 0
+    pdd_approximate: int = 0
+
+    @property
+    def pdd_approximate_share(self) -> float | None:
+        return round(self.pdd_approximate / self.rang, 4) if self.rang else None
 
 
 def _epoch(text: str) -> float:
@@ -93,6 +101,9 @@ def read_monitor_log(path: Path) -> MonitorLog:
                 key = STARTED
             elif event == "call_ended":
                 key = ENDED
+                if doc.get("direction") == "outbound" and "ringing" in (doc.get("statuses") or []):
+                    found.rang += 1
+                    found.pdd_approximate += doc.get("post_dial_delay_approximate") is True
             else:
                 if doc.get("level") in ("warning", "error"):
                     found.warnings[str(event)[:80]] = found.warnings.get(str(event)[:80], 0) + 1

@@ -226,6 +226,7 @@ class _Cell:
                 plan.monitor_env.get("CALL_MONITOR_RECONCILE_SECONDS", "30")
             ),
             "monitor_env": dict(plan.monitor_env),
+            "observer": plan.monitor_env.get("CALL_MONITOR_OBSERVER", "signal"),
         }
 
     def _env(self) -> dict[str, str]:
@@ -539,6 +540,11 @@ class _Cell:
             result["latency_log"] = log_latency(first_log, truths, window)
             result["monitor_missed"] = missed_by_monitor(first_log, truths, window)
         result["monitor_warnings"] = first_log.warnings
+        result["post_dial_delay_approximate"] = {
+            "calls_rang": first_log.rang,
+            "approximate": first_log.pdd_approximate,
+            "share": first_log.pdd_approximate_share,
+        }
         result["samples"] = len(sampler.samples)
         live = [p.get("live_calls_mean", 0.0) for p in phases.values() if "live_calls_mean" in p]
         live_mean = sum(live) / len(live) if live else 0.0

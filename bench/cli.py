@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         "--mixes",
         type=lambda t: _list(t, list(MIXES)),
         default=list(MIXES),
-        help="call mixes: realistic, setup-heavy (default both)",
+        help="call mixes: realistic, long, setup-heavy (default all)",
     )
     parser.add_argument(
         "--modes",

@@ -1,17 +1,21 @@
-"""What a room connection costs an observer process, with and without native log capture.
+"""What a room connection costs: the signal-channel observer against the WebRTC SDK's.
 
-`python -m bench.join_cost [--rooms 40] [--idle 20]` starts a stack of its own and,
-in a fresh process per variant, joins `--rooms` rooms the way the observer does (the
-adapter's `RoomObserver`, hidden, kind agent, subscribing to nothing), holds them
-`--idle` seconds, and leaves them. Each process reports its own CPU time (getrusage)
-for the joins, the idle hold and the leaves. The variants:
+`python -m bench.join_cost [--rooms 40] [--idle 60]` starts a stack of its own and, in
+a fresh process per variant, joins `--rooms` rooms the way the monitor's observer does
+(hidden, kind agent, subscribing to nothing), holds them `--idle` seconds, and leaves
+them. Each process reports its own CPU time (getrusage) and livekit-server's (from
+/proc) for the joins, the idle hold and the leaves. The variants:
 
-- `stderr`: the SDK's native log records go to stderr, filtered by RUST_LOG
-  (`monitor.adapter.native_logs_to_stderr`, what observer processes do below debug);
-- `python`: the SDK's default, every native record handed to Python (livekit 1.2.1).
+- `signal`: the default observer, `monitor.signal_observer` (the signal WebSocket alone,
+  in the process's event loop; its idle hold includes pings and, past 45 s, one
+  renewal of every session);
+- `stderr`: the rtc observer (`monitor.adapter.RoomObserver`) as observer processes run
+  it, the SDK's native log records going to stderr, filtered by RUST_LOG;
+- `python`: the rtc observer with the SDK's default, every native record handed to
+  Python (livekit 1.2.1).
 
 Each variant runs `--repeat` times, alternately, so that the machine's drift falls on
-both. Results go to bench/results/join-cost-<time>.json.
+all. Results go to bench/results/join-cost-<time>.json.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 __all__ = ["main"]
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("stderr", "python")
+VARIANTS = ("signal", "stderr", "python")
 
 
 def _cpu() -> float:
@@ -39,48 +43,91 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _child(variant: str, url: str, key: str, secret: str, rooms: int, idle: float) -> None:
+def _server_cpu(pid: int) -> float:
+    """livekit-server's CPU seconds so far (utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Rooms:
+    """Joins and leaves rooms with one of the observers."""
+
+    def __init__(self, variant: str, url: str, tokens: dict[str, str]) -> None:
+        self.variant, self.url, self.tokens = variant, url, tokens
+        self.held: list[Any] = []
+
+    async def start(self) -> None:
+        if self.variant == "signal":
+            from monitor.signal_observer import SignalObservers
+
+            self.signal = SignalObservers(lambda event: None)
+            await self.signal.start()
+        else:
+            from monitor.adapter import native_logs_to_stderr
+
+            if self.variant == "stderr" and not native_logs_to_stderr():
+                raise SystemExit("native log capture could not be switched off")
+
+    async def join(self, name: str) -> None:
+        if self.variant == "signal":
+            from monitor.room_link import LinkHooks
+
+            link = await self.signal.join(name, self.url, self.tokens[name], 30, LinkHooks())
+            self.held.append(link)
+            return
+        from monitor.adapter import RoomObserver
+
+        observer = RoomObserver(name, self.url, self.tokens[name], lambda event: None)
+        await observer.connect(30)
+        self.held.append(observer)
+
+    async def leave_all(self) -> None:
+        for held in self.held:
+            await held.close()
+        self.held = []
+
+
+async def _child(
+    variant: str, url: str, key: str, secret: str, rooms: int, idle: float, server_pid: int
+) -> None:
     """One variant in this process; prints one JSON line of its CPU times."""
-    from monitor.adapter import RoomObserver, native_logs_to_stderr
     from monitor.config import load_settings
     from monitor.service import observer_token
 
-    if variant == "stderr" and not native_logs_to_stderr():
-        raise SystemExit("native log capture could not be switched off")
     settings = load_settings(
         {}, {"LIVEKIT_URL": url, "LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret}
     )
     names = [f"joincost-{variant}-{os.getpid()}-{n}" for n in range(rooms)]
-    observers = [
-        RoomObserver(name, url, observer_token(settings, name, "observer"), lambda event: None)
-        for name in names
-    ]
-    # Load the SDK (and its native runtime) before measuring.
-    warm = RoomObserver(
-        "joincost-warm", url, observer_token(settings, "joincost-warm", "o"), lambda e: None
-    )
-    await warm.connect(30)
-    await warm.close()
-    start = _cpu()
+    tokens = {name: observer_token(settings, name, "observer") for name in [*names, "warm"]}
+    observers = _Rooms(variant, url, tokens)
+    await observers.start()
+    # Load the client (and the SDK's native runtime) before measuring.
+    await observers.join("warm")
+    await observers.leave_all()
+    start, server_start = _cpu(), _server_cpu(server_pid)
     began = time.monotonic()
-    for observer in observers:  # one at a time: the cost of a join, not of contention
-        await observer.connect(30)
-    joined = _cpu()
+    for name in names:  # one at a time: the cost of a join, not of contention
+        await observers.join(name)
+    joined, server_joined = _cpu(), _server_cpu(server_pid)
     join_wall = time.monotonic() - began
     await asyncio.sleep(idle)
-    held = _cpu()
-    for observer in observers:
-        await observer.close()
+    held, server_held = _cpu(), _server_cpu(server_pid)
+    await observers.leave_all()
     left = _cpu()
     print(
         json.dumps(
             {
                 "variant": variant,
                 "rooms": rooms,
-                "cpu_s_per_join": round((joined - start) / rooms, 4),
-                "join_wall_s_each": round(join_wall / rooms, 3),
-                "idle_pct_core_per_room": round((held - joined) / idle / rooms * 100, 3),
-                "cpu_s_per_leave": round((left - held) / rooms, 4),
+                "cpu_s_per_join": round((joined - start) / rooms, 5),
+                "server_cpu_s_per_join": round((server_joined - server_start) / rooms, 5),
+                "join_wall_s_each": round(join_wall / rooms, 4),
+                "idle_pct_core_per_room": round((held - joined) / idle / rooms * 100, 4),
+                "server_idle_pct_core_per_room": round(
+                    (server_held - server_joined) / idle / rooms * 100, 4
+                ),
+                "cpu_s_per_leave": round((left - held) / rooms, 5),
+                "rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             }
         ),
         flush=True,
@@ -101,6 +148,8 @@ def _run_variant(variant: str, stack: Any, rooms: int, idle: float) -> dict[str,
             str(rooms),
             "--idle",
             str(idle),
+            "--server-pid",
+            str(stack.pids()["livekit"]),
         ],
         env={
             **os.environ,
@@ -123,11 +172,12 @@ def _run_variant(variant: str, stack: Any, rooms: int, idle: float) -> dict[str,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.join_cost", description=__doc__)
     parser.add_argument("--rooms", type=int, default=40)
-    parser.add_argument("--idle", type=float, default=20.0)
+    parser.add_argument("--idle", type=float, default=60.0)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         asyncio.run(
@@ -138,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
                 os.environ["LIVEKIT_API_SECRET"],
                 args.rooms,
                 args.idle,
+                args.server_pid,
             )
         )
         return
@@ -155,9 +206,12 @@ def main(argv: list[str] | None = None) -> None:
             key: round(statistics.mean(r[key] for r in runs if r["variant"] == variant), 4)
             for key in (
                 "cpu_s_per_join",
+                "server_cpu_s_per_join",
                 "join_wall_s_each",
                 "idle_pct_core_per_room",
+                "server_idle_pct_core_per_room",
                 "cpu_s_per_leave",
+                "rss_mib",
             )
         }
         for variant in VARIANTS

@@ -90,6 +90,24 @@ MIXES: dict[str, Mix] = {
             "answer: about one call in seven is being set up at any moment"
         ),
     ),
+    "long": Mix(
+        "long",
+        pdd=(0.5, 2.5),
+        ring=(2.0, 5.0),
+        talk=(60.0, 300.0),
+        outcomes=(
+            Outcome("00", "answered, callee hangs up", 80),
+            Outcome("01", "answered, we hang up", 5, we_hang_up=True),
+            Outcome("02", "busy", 7),
+            Outcome("03", "declined", 4),
+            Outcome("09", "no answer", 4, no_answer=True),
+        ),
+        description=(
+            "as realistic, with real call lengths: talk 1-5 min, so 1,000 concurrent "
+            "calls take about 6.5 new calls a second; one call in about 45 is being set "
+            "up at any moment"
+        ),
+    ),
     "setup-heavy": Mix(
         "setup-heavy",
         pdd=(0.3, 1.0),

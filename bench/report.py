@@ -247,6 +247,8 @@ def _run_section(run: Mapping[str, Any], name: str) -> str:
                 "placed",
                 "calls/s",
                 "API errors",
+                "observer",
+                "PDD approximate",
                 "carried",
                 "limit",
             ],
@@ -259,6 +261,9 @@ def _run_section(run: Mapping[str, Any], name: str) -> str:
                     fmt(_get(c, "load", "placed")),
                     fmt(_get(c, "load", "calls_per_second"), 1),
                     fmt(_get(c, "load", "api_errors")),
+                    # Runs from before the signal observer record none: they used rtc.
+                    c.get("observer", "rtc"),
+                    _pdd_share(c),
                     "yes" if c.get("carried") else "**no**",
                     _limit_text(c.get("limit")),
                 ]
@@ -540,6 +545,15 @@ def load_runs(directory: Path) -> list[tuple[str, dict[str, Any]]]:
     return runs
 
 
+def _pdd_share(cell: Mapping[str, Any]) -> str:
+    """Share of outbound calls that rang whose post-dial delay was seen after the fact."""
+    pdd = cell.get("post_dial_delay_approximate") or {}
+    share = pdd.get("share")
+    if share is None:
+        return "-"
+    return f"{fmt(share * 100, 1, '%')} of {pdd.get('calls_rang')}"
+
+
 def load_focused(directory: Path) -> list[tuple[str, dict[str, Any]]]:
     """The newest `bench.join_cost` and `bench.hot_path` results, as (name, data)."""
     found = []
@@ -558,20 +572,37 @@ def _focused_section(name: str, data: Mapping[str, Any]) -> list[str]:
         rows = [
             [
                 variant,
-                fmt(_get(numbers, "cpu_s_per_join"), 3, "CPU-s"),
+                fmt(_get(numbers, "cpu_s_per_join"), 4, "CPU-s"),
+                fmt(_get(numbers, "server_cpu_s_per_join"), 4, "CPU-s"),
                 fmt(_get(numbers, "join_wall_s_each"), 3, "s"),
                 fmt(_get(numbers, "idle_pct_core_per_room"), 3, "%"),
+                fmt(_get(numbers, "server_idle_pct_core_per_room"), 3, "%"),
+                fmt(_get(numbers, "rss_mib"), 0, "MiB"),
             ]
             for variant, numbers in means.items()
         ]
         return [
-            f"### A room connection in an observer process ({name})",
+            f"### A room connection, by observer ({name})",
             "",
-            f"{command}. `stderr`: the SDK's native log records go to stderr (what "
-            "observer processes do); `python`: the SDK's default, every record handed "
-            "to Python. Means over the runs, rooms joined one at a time:",
+            f"{command}. `signal`: the default observer, on the signal WebSocket alone; "
+            "`stderr`: the rtc observer as its observer processes run it (the SDK's "
+            "native log records to stderr); `python`: the rtc observer with the SDK's "
+            "default, every record handed to Python. Means over the runs, rooms joined "
+            "one at a time; the idle hold includes the signal observer's pings and "
+            "renewals:",
             "",
-            table(["native logs", "CPU per join", "join time", "idle, % core per room"], rows),
+            table(
+                [
+                    "observer",
+                    "CPU per join",
+                    "livekit-server CPU per join",
+                    "join time",
+                    "idle, % core per room",
+                    "livekit-server idle, % core per room",
+                    "peak RSS of the process",
+                ],
+                rows,
+            ),
         ]
     plain, profiled = data.get("unprofiled") or {}, data.get("profiled") or {}
     top = [

@@ -375,6 +375,9 @@ class CallLog:
             "answered": timings.answered_at is not None,
             "statuses": [str(status) for status in call.statuses],
             "post_dial_delay_seconds": _seconds(timings.post_dial_delay) if outbound else None,
+            # Seen only after the fact (the observer came after the 18x): left out of
+            # the post-dial delay histogram.
+            "post_dial_delay_approximate": timings.ringing_approximate if outbound else None,
             "time_to_answer_seconds": _seconds(timings.time_to_answer),
             "talk_seconds": _seconds(timings.talk_duration),
             "total_seconds": _seconds(timings.total_duration),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ _SIP = models.ParticipantInfo.Kind.SIP
 _DISCONNECTED = models.ParticipantInfo.State.DISCONNECTED
 
 
+@functools.cache
 def _client_version() -> str:
     try:
         return metadata.version("livekit-call-monitor")
