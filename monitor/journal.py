@@ -3,15 +3,17 @@
 The live service appends each event before the machine sees it; `call-monitor replay`
 feeds the same lines to a fresh machine, with the settings from the journal's header,
 and gets the same outcomes. A line that cannot be read is reported with its number and
-skipped: one bad line never hides the rest of an incident.
+the kind of fault, and skipped: one bad line never hides the rest of an incident.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,6 +34,8 @@ from monitor.model import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "BadLine",
+    "BadLineKind",
     "Header",
     "JournalError",
     "JournalWriter",
@@ -42,6 +46,13 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+
+# Event times are epoch seconds; anything outside these years is not a time a source
+# gave (and would overflow the clock that replay prints).
+_EARLIEST = 0.0
+_LATEST = 32_503_680_000.0  # 3000-01-01
+# A machine setting is a duration; longer than this is no setting anyone made.
+_LONGEST_SETTING = 1_000_000.0
 
 _TYPE_OF: Mapping[type, str] = {
     ParticipantSeen: "participant_seen",
@@ -54,8 +65,23 @@ _TYPE_OF: Mapping[type, str] = {
 }
 
 
+class BadLineKind(StrEnum):
+    """What is wrong with a journal line that cannot be read."""
+
+    NOT_JSON = "not_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_FIELD = "bad_field"  # a known type with a missing or malformed field
+    UNREADABLE = "unreadable"  # the file itself could not be read from this line on
+
+
 class JournalError(ValueError):
-    """A journal line that is not a valid event; the message says why."""
+    """A journal line that is not a valid event; `kind` says what is wrong, str() why."""
+
+    def __init__(self, kind: BadLineKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,34 +126,47 @@ def encode_event(event: Event) -> str:
 
 
 def decode_line(line: str) -> Event | Header:
-    """Parse one journal line; raises JournalError naming what is wrong."""
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise JournalError(f"not JSON: {error.msg} at column {error.colno}") from None
-    if not isinstance(data, dict):
-        raise JournalError("not a JSON object")
+    """Parse one journal line; raises JournalError (and only that) naming what is wrong."""
+    data = _json_object(line)
     if data.get("v") != FORMAT_VERSION:
-        raise JournalError(f"unsupported journal version {data.get('v')!r}")
+        raise JournalError(
+            BadLineKind.UNSUPPORTED_VERSION, f"unsupported journal version {data.get('v')!r:.40}"
+        )
     kind = data.get("type")
     if kind != "header" and kind not in _TYPE_OF.values():
-        raise JournalError(f"unknown event type {kind!r}")
+        raise JournalError(BadLineKind.UNKNOWN_TYPE, f"unknown event type {kind!r:.40}")
     try:
         return _decode(kind, data)
-    except (KeyError, TypeError, ValueError) as error:
-        raise JournalError(f"bad {kind!r} event: {type(error).__name__}: {error}") from None
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
+        raise JournalError(
+            BadLineKind.BAD_FIELD, f"bad {kind!r} event: {type(error).__name__}: {error}"
+        ) from None
+
+
+def _json_object(line: str) -> dict[str, Any]:
+    try:
+        # NaN and Infinity are not JSON, though Python's parser takes them.
+        data = json.loads(line, parse_constant=_no_constant)
+    except json.JSONDecodeError as error:
+        raise JournalError(
+            BadLineKind.NOT_JSON, f"not JSON: {error.msg} at column {error.colno}"
+        ) from None
+    except (ValueError, RecursionError) as error:  # a 5,000-digit number, [[[[...
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise JournalError(BadLineKind.NOT_JSON, f"not JSON: {reason}") from None
+    if not isinstance(data, dict):
+        raise JournalError(BadLineKind.NOT_AN_OBJECT, "not a JSON object")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _decode(kind: object, data: dict[str, Any]) -> Event | Header:
     if kind == "header":
-        raw = data.get("settings") or {}
-        known = {k: float(v) for k, v in raw.items() if k in MachineSettings.__dataclass_fields__}
-        return Header(
-            MachineSettings(**known),
-            str(data.get("instance", "")),
-            float(data.get("started_at", 0.0)),
-        )
-    at = _number(data["at"])
+        return _header(data)
+    at = _time(data["at"])
     if kind == "tick":
         return Tick(at)
     source = Source(data["source"])
@@ -137,7 +176,7 @@ def _decode(kind: object, data: dict[str, Any]) -> Event | Header:
             at,
             _text(data["room"]),
             _text(data["participant_identity"]),
-            None if code is None else int(code),
+            None if code is None else _sip_code(code),
             _text(data.get("sip_status", "")),
             _text(data.get("call_id", "")),
             source,
@@ -160,6 +199,25 @@ def _decode(kind: object, data: dict[str, Any]) -> Event | Header:
     return AttributesChanged(at, source, room, participant, changed, room_sid)
 
 
+_SETTING_NAMES = frozenset(field.name for field in fields(MachineSettings))
+
+
+def _header(data: dict[str, Any]) -> Header:
+    raw = data.get("settings") or {}
+    if not isinstance(raw, dict):
+        raise TypeError("settings are not an object")
+    known = {name: _setting(name, value) for name, value in raw.items() if name in _SETTING_NAMES}
+    started_at = data.get("started_at", 0.0)
+    return Header(MachineSettings(**known), str(data.get("instance", "")), _time(started_at))
+
+
+def _setting(name: str, value: Any) -> float:
+    seconds = _number(value)
+    if not 0.0 <= seconds <= _LONGEST_SETTING:
+        raise ValueError(f"setting {name} is not from 0 to {_LONGEST_SETTING:g} seconds")
+    return seconds
+
+
 def _participant(data: Any) -> Participant:
     if not isinstance(data, dict):
         raise TypeError("participant is not an object")
@@ -169,6 +227,7 @@ def _participant(data: Any) -> Participant:
         identity=_text(data.get("identity", "")),
         attributes=_attributes(data.get("attributes") or {}),
         is_sip=bool(data.get("is_sip", True)),
+        # A webhook's joined_at_ms is any int64: kept as it came, for replay to match.
         joined_at=None if joined is None else _number(joined),
     )
 
@@ -188,7 +247,25 @@ def _text(value: Any) -> str:
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {type(value).__name__}")
-    return float(value)
+    number = float(value)  # OverflowError for an int too large for a float
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {number}")
+    return number
+
+
+def _time(value: Any) -> float:
+    at = _number(value)
+    if not _EARLIEST <= at <= _LATEST:
+        raise ValueError(f"time {at:g} is not epoch seconds from 1970 to 3000")
+    return at
+
+
+def _sip_code(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer SIP code, got {type(value).__name__}")
+    if not 0 <= value <= 999:
+        raise ValueError("SIP code is not from 0 to 999")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,22 +273,32 @@ class BadLine:
     path: str
     number: int
     error: str
+    kind: BadLineKind = BadLineKind.BAD_FIELD
 
 
 def read_journal(
     paths: Iterable[Path], bad_lines: list[BadLine] | None = None
 ) -> Iterator[Event | Header]:
-    """Events and headers of journal files in order; bad lines go to `bad_lines`."""
+    """Events and headers of journal files in order; bad lines go to `bad_lines`.
+
+    Never raises for what a file holds: a file that cannot be read (from some line on)
+    is one bad line, and the next file is read.
+    """
+    found = [] if bad_lines is None else bad_lines
     for path in paths:
-        with path.open(encoding="utf-8", errors="replace") as stream:
-            for number, line in enumerate(stream, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield decode_line(line)
-                except JournalError as error:
-                    if bad_lines is not None:
-                        bad_lines.append(BadLine(str(path), number, str(error)))
+        number = 0
+        try:
+            with path.open(encoding="utf-8", errors="replace") as stream:
+                for number, line in enumerate(stream, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        yield decode_line(line)
+                    except JournalError as error:
+                        found.append(BadLine(str(path), number, str(error), error.kind))
+        except OSError as error:
+            reason = f"cannot read: {error.strerror or error}"
+            found.append(BadLine(str(path), number + 1, reason, BadLineKind.UNREADABLE))
 
 
 class JournalWriter:

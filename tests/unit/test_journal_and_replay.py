@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -98,6 +99,77 @@ def test_reasons_parse_from_names_and_numbers(value: object, reason: Reason | No
 def test_a_bad_line_is_an_error_that_says_why(line: str, message: str) -> None:
     with pytest.raises(JournalError, match=message):
         decode_line(line)
+
+
+HEADER_WITH = '{{"v": 1, "type": "header", {}}}'
+TICK_AT = '{{"v": 1, "type": "tick", "at": {}}}'
+DIAL = '{{"v": 1, "type": "dial_failed", "at": 1, "source": "dial", "room": "r", '
+DIAL += '"participant_identity": "p", "sip_status_code": {}}}'
+# Another call's start, at a time given as TIME.
+SEEN_AT = json.dumps(
+    {
+        "v": 1,
+        "type": "participant_seen",
+        "at": "TIME",
+        "source": "webhook",
+        "room": "r2",
+        "participant": {"sid": "PA_2", "attributes": {"sip.callID": "SCL_2"}},
+    }
+).replace('"TIME"', "TIME")
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "message"),
+    [
+        (HEADER_WITH.format('"settings": [1, 2]'), "bad_field", "settings are not an object"),
+        (HEADER_WITH.format('"settings": {"settle_seconds": NaN}'), "not_json", "NaN"),
+        (HEADER_WITH.format('"settings": {"settle_seconds": 1e400}'), "bad_field", "finite"),
+        (HEADER_WITH.format('"settings": {"settle_seconds": -1}'), "bad_field", "from 0"),
+        (HEADER_WITH.format('"settings": {"settle_seconds": "1"}'), "bad_field", "a number"),
+        (HEADER_WITH.format('"started_at": Infinity'), "not_json", "Infinity"),
+        (TICK_AT.format("NaN"), "not_json", "NaN is not a JSON value"),
+        (SEEN_AT.replace("TIME", "NaN"), "not_json", "NaN is not a JSON value"),
+        (SEEN_AT.replace("TIME", "Infinity"), "not_json", "Infinity"),
+        (SEEN_AT.replace("TIME", "1e300"), "bad_field", "from 1970 to 3000"),
+        (TICK_AT.format("-Infinity"), "not_json", "-Infinity"),
+        (TICK_AT.format("1e400"), "bad_field", "finite"),
+        (TICK_AT.format("1" + "0" * 400), "bad_field", "OverflowError"),
+        (TICK_AT.format("1" * 5000), "not_json", "not JSON"),
+        (TICK_AT.format("1e15"), "bad_field", "from 1970 to 3000"),
+        (TICK_AT.format("-1"), "bad_field", "from 1970 to 3000"),
+        (DIAL.format("1e400"), "bad_field", "finite|integer"),
+        (DIAL.format("486.5"), "bad_field", "integer"),
+        (DIAL.format("100000"), "bad_field", "0 to 999"),
+        ("[" * 100_000, "not_json", "not JSON"),
+        ('{"v": "+15551112222", "type": "tick", "at": 1}', "unsupported_version", "version"),
+        ('{"v": 1, "type": "' + "x" * 500 + '"}', "unknown_type", "unknown event type"),
+    ],
+)
+def test_a_line_that_would_break_replay_is_a_bad_line_of_its_kind(
+    tmp_path: Path, line: str, kind: str, message: str
+) -> None:
+    with pytest.raises(JournalError, match=message) as caught:
+        decode_line(line)
+    assert caught.value.kind == kind
+    assert len(str(caught.value)) < 200  # one readable line, not the input echoed back
+    journal = tmp_path / "j.jsonl"
+    lines = [encode_event(event) for event in busy_call().events]
+    journal.write_text("\n".join([*lines[:2], line, *lines[2:]]) + "\n")
+    result = replay([journal])
+    assert [(bad.number, bad.kind) for bad in result.bad_lines] == [(3, kind)]
+    assert [record.outcome for record in result.ended] == ["busy"]
+    print_replay(result, io.StringIO(), NumberMasker())
+
+
+def test_a_file_that_cannot_be_read_is_reported_and_the_next_is_replayed(tmp_path: Path) -> None:
+    journal = tmp_path / "j.jsonl"
+    journal.write_text("\n".join(encode_event(event) for event in busy_call().events) + "\n")
+    result = replay([tmp_path, journal])
+    assert [(bad.path, bad.number, bad.kind) for bad in result.bad_lines] == [
+        (str(tmp_path), 1, "unreadable")
+    ]
+    assert "Is a directory" in result.bad_lines[0].error
+    assert [record.outcome for record in result.ended] == ["busy"]
 
 
 def test_non_string_attribute_values_are_kept_as_json_text() -> None:
