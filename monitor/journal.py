@@ -4,6 +4,10 @@ The live service appends each event before the machine sees it; `call-monitor re
 feeds the same lines to a fresh machine, with the settings from the journal's header,
 and gets the same outcomes. A line that cannot be read is reported with its number and
 the kind of fault, and skipped: one bad line never hides the rest of an incident.
+
+Each run starts with a header line. A last line without its newline (a write cut by a
+crash) is moved to `<path>.partial-<UTC time>` when the journal is opened again, so
+that the next event starts a line of its own instead of being glued to the fragment.
 """
 
 from __future__ import annotations
@@ -11,11 +15,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+import structlog
 
 from monitor.machine import MachineSettings
 from monitor.model import (
@@ -46,6 +54,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+
+log = structlog.get_logger("call_monitor")
 
 # Event times are epoch seconds; anything outside these years is not a time a source
 # gave (and would overflow the clock that replay prints).
@@ -304,43 +314,111 @@ def read_journal(
 class JournalWriter:
     """Appends events to a file, rotating it at `max_bytes` and keeping `backups` old files.
 
-    Each file starts with the header, so any one of them replays on its own.
+    Each file starts with the header, and each run writes one when it opens the journal,
+    so any one file replays on its own and a restart shows in the journal.
     """
 
     def __init__(self, path: Path, header: Header, max_bytes: int, backups: int) -> None:
         self.path = path
-        self._header_line = encode_header(header) + "\n"
+        self._header = header
+        self._header_line = (encode_header(header) + "\n").encode("utf-8")
         self._max_bytes = max_bytes
         self._backups = backups
-        self._stream: TextIO | None = None
+        self._fd: int | None = None
         self._size = 0
+        # Partial last lines moved aside since this writer was made, for a metric.
+        self.partial_lines_set_aside = 0
+
+    def open(self) -> int:
+        """Open the journal now rather than at the first event, to find at start-up a path
+        that cannot be written: sets a partial last line aside, writes this run's header.
+
+        Returns how many partial lines were set aside (0 or 1) for the caller to count;
+        raises OSError for a path that cannot be written (the message names it).
+        """
+        if self._fd is not None:
+            return 0
+        before = self.partial_lines_set_aside
+        self._open()
+        return self.partial_lines_set_aside - before
 
     def write(self, event: Event) -> None:
         """Append one event; raises OSError for the caller to count."""
-        line = encode_event(event) + "\n"
-        if self._stream is None:
+        # Encoded first: the limit is on bytes, and non-ASCII text takes more than one.
+        line = (encode_event(event) + "\n").encode("utf-8")
+        if self._fd is None:
             self._open()
         elif self._size + len(line) > self._max_bytes:
             self._rotate()
-        assert self._stream is not None
-        self._stream.write(line)
-        self._stream.flush()
-        self._size += len(line)
+        self._write_all(line)
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Owner only: it holds phone numbers, identities and room names in clear.
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._stream = open(descriptor, "a", encoding="utf-8")  # noqa: SIM115 - kept open
-        self._size = self.path.stat().st_size
-        if self._size == 0:
-            self._stream.write(self._header_line)
-            self._size = len(self._header_line)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{self.path} is not a regular file (it could not be rotated)")
+            size = self._set_aside_partial_line(fd, os.fstat(fd).st_size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._size = fd, size
+        if not self._ends_with_this_runs_header(size):
+            try:
+                self._write_all(self._header_line)
+            except OSError:
+                self.close()  # the next write tries to open it again
+                raise
+
+    def _write_all(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+            self._size += written
+
+    def _set_aside_partial_line(self, fd: int, size: int) -> int:
+        """Move a last line that has no newline (cut by a crash) to a file of its own,
+        then cut it from the journal; return the journal's size without it."""
+        end = _end_of_last_full_line(self.path, size)
+        if end == size:
+            return size
+        aside = _copy_to_new_file(self.path, end, size)
+        os.ftruncate(fd, end)  # only after the copy is safe on disk
+        self.partial_lines_set_aside += 1
+        log.warning(
+            "journal_partial_line_set_aside",
+            path=str(self.path),
+            moved_to=str(aside),
+            bytes=size - end,
+        )
+        return end
+
+    def _ends_with_this_runs_header(self, size: int) -> bool:
+        """Whether the last line is a header of this instance and settings with no event
+        after it (the start-up check wrote it): a second one would say nothing new."""
+        if size == 0:
+            return False
+        with self.path.open("rb") as stream:
+            stream.seek(max(0, size - 4096))
+            tail = stream.read(4096)
+        last = tail.rstrip(b"\n").rpartition(b"\n")[2]
+        try:
+            found = decode_line(last.decode("utf-8", errors="replace"))
+        except JournalError:
+            return False
+        return (
+            isinstance(found, Header)
+            and found.settings == self._header.settings
+            and found.instance == self._header.instance
+        )
 
     def _rotate(self) -> None:
         self.close()
@@ -353,3 +431,44 @@ class JournalWriter:
         else:
             self.path.unlink(missing_ok=True)
         self._open()
+
+
+def _end_of_last_full_line(path: Path, size: int) -> int:
+    """The offset just after the file's last newline (0 if it has none)."""
+    block = 65536
+    with path.open("rb") as stream:
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            stream.seek(start)
+            chunk = stream.read(end - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+    return 0
+
+
+def _copy_to_new_file(path: Path, start: int, end: int) -> Path:
+    """Copy bytes [start, end) of `path` to a new owner-only `<path>.partial-<UTC time>`."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for attempt in range(1000):
+        suffix = "" if attempt == 0 else f"-{attempt}"
+        aside = path.with_name(f"{path.name}.partial-{stamp}{suffix}")
+        try:
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with open(fd, "wb") as out, path.open("rb") as source:
+            source.seek(start)
+            left = end - start
+            while left > 0:  # in blocks: a file with no newline at all may be large
+                block = source.read(min(left, 1 << 20))
+                if not block:
+                    break
+                out.write(block)
+                left -= len(block)
+            out.flush()
+            os.fsync(out.fileno())
+        return aside
+    raise FileExistsError(f"no free name for {path.name}.partial-{stamp}")

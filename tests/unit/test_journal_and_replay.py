@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -243,15 +246,126 @@ def test_writer_without_backups_starts_over(tmp_path: Path) -> None:
     assert [file.name for file in tmp_path.iterdir()] == ["journal.jsonl"]
 
 
-def test_writer_appends_to_an_existing_journal_without_a_second_header(tmp_path: Path) -> None:
+def headers_in(path: Path) -> list[Header]:
+    return [item for item in read_journal([path]) if isinstance(item, Header)]
+
+
+def test_each_run_writes_its_header_when_it_opens_the_journal(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
-    for _ in range(2):
-        writer = JournalWriter(path, Header(MachineSettings()), 10**6, 1)
+    for run in ("first", "second"):
+        writer = JournalWriter(path, Header(MachineSettings(), run, T0), 10**6, 1)
         writer.write(RoomEnded(T0, Source.WEBHOOK, "r"))
         writer.close()
-    lines = path.read_text().splitlines()
-    assert len(lines) == 3
-    assert sum('"header"' in line for line in lines) == 1
+    assert [header.instance for header in headers_in(path)] == ["first", "second"]
+    assert len(path.read_text().splitlines()) == 4
+
+
+def test_a_header_with_no_event_after_it_is_not_written_twice(tmp_path: Path) -> None:
+    """The start-up check opens the journal before the monitor's own writer does."""
+    path = tmp_path / "journal.jsonl"
+    for _ in range(2):
+        JournalWriter(path, Header(MachineSettings(), "m1", T0), 10**6, 1).open()
+    writer = JournalWriter(path, Header(MachineSettings(), "m1", T0 + 1), 10**6, 1)
+    writer.write(RoomEnded(T0, Source.WEBHOOK, "r"))
+    writer.close()
+    assert len(headers_in(path)) == 1
+    # Other settings are another run's: their header is written.
+    other = JournalWriter(path, Header(MachineSettings(settle_seconds=2.0), "m1", T0), 10**6, 1)
+    other.open()
+    other.close()
+    assert [header.settings.settle_seconds for header in headers_in(path)] == [0.0, 2.0]
+
+
+@pytest.mark.parametrize("fragment", ['{"v":1,"type":"room_ended","at":18', '{"v":1,"ty'])
+def test_a_last_line_cut_by_a_crash_is_set_aside_and_the_next_event_replays(
+    tmp_path: Path, fragment: str
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    events = busy_call().events
+    writer = JournalWriter(path, Header(MachineSettings(), "m1", T0), 10**6, 1)
+    for event in events[:2]:
+        writer.write(event)
+    writer.close()
+    with path.open("a", encoding="utf-8") as journal:
+        journal.write(fragment)  # SIGKILL in the middle of a write
+    writer = JournalWriter(path, Header(MachineSettings(), "m1", T0 + 5), 10**6, 1)
+    assert writer.open() == 1
+    for event in events[2:]:
+        writer.write(event)
+    writer.close()
+    result = replay([path])
+    assert result.bad_lines == []
+    assert [record.outcome for record in result.ended] == ["busy"]
+    assert len(headers_in(path)) == 2
+    [aside] = tmp_path.glob("journal.jsonl.partial-*")
+    assert aside.read_text() == fragment
+    assert aside.stat().st_mode & 0o777 == 0o600  # it may hold a number in clear
+
+
+def test_a_journal_cut_inside_its_first_line_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"v":1,"type":"head')
+    writer = JournalWriter(path, Header(MachineSettings(), "m1", T0), 10**6, 1)
+    assert writer.open() == 1
+    assert writer.partial_lines_set_aside == 1
+    writer.write(RoomEnded(T0, Source.WEBHOOK, "r"))
+    writer.close()
+    assert [type(item).__name__ for item in read_journal([path])] == ["Header", "RoomEnded"]
+
+
+def test_a_journal_that_ends_its_last_line_is_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_text("not json, but a whole line\n")
+    assert JournalWriter(path, Header(MachineSettings()), 10**6, 1).open() == 0
+    assert path.read_text().startswith("not json, but a whole line\n")
+    assert list(tmp_path.glob("*.partial-*")) == []
+
+
+def test_rotation_counts_bytes_not_characters(tmp_path: Path) -> None:
+    """Non-ASCII text takes up to four bytes a character."""
+    path = tmp_path / "journal.jsonl"
+    writer = JournalWriter(path, Header(MachineSettings()), max_bytes=4096, backups=3)
+    for index in range(80):
+        writer.write(RoomEnded(T0 + index, Source.WEBHOOK, "通話-☎-" * 12))
+    writer.close()
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 4
+    assert all(file.stat().st_size <= 4096 for file in files), [f.stat().st_size for f in files]
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda tmp: tmp, "Is a directory"),
+        (lambda tmp: tmp / "file" / "journal.jsonl", "Not a directory|File exists"),
+        (lambda tmp: Path("/dev/full"), "not a regular file"),
+    ],
+)
+def test_a_path_that_cannot_hold_a_journal_fails_to_open(
+    tmp_path: Path, make: Callable[[Path], Path], why: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    writer = JournalWriter(make(tmp_path), Header(MachineSettings()), 10**6, 1)
+    with pytest.raises(OSError, match=why):
+        writer.open()
+
+
+def test_a_header_that_cannot_be_written_fails_the_open_and_a_later_write_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    writer = JournalWriter(path, Header(MachineSettings()), 10**6, 1)
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "write", full)
+        with pytest.raises(OSError, match="No space left"):
+            writer.open()
+    writer.write(RoomEnded(T0, Source.WEBHOOK, "r"))
+    writer.close()
+    assert [type(item).__name__ for item in read_journal([path])] == ["Header", "RoomEnded"]
 
 
 def test_printed_replay_shows_transitions_outcome_and_masks_numbers(tmp_path: Path) -> None:
