@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli import main
+from monitor.cli import main, open_journal
+from monitor.config import load_settings
 from tests import trace_journal
 
 ENV = {
@@ -99,3 +100,49 @@ def test_a_port_in_use_is_a_one_line_error_at_start() -> None:
         f"call-monitor: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("journal", "why"),
+    [
+        ("{tmp}", "{tmp}: Is a directory"),
+        (
+            "{tmp}/file/journal.jsonl",
+            "{tmp}/file/journal.jsonl: {tmp}/file is a file, not a folder",
+        ),
+        ("/dev/full", "/dev/full: is not a regular file (it could not be rotated)"),
+    ],
+)
+def test_a_journal_path_that_cannot_be_written_is_a_one_line_error_at_start(
+    tmp_path: Path, journal: str, why: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        **ENV,
+        "CALL_MONITOR_HTTP_PORT": "0",
+        "CALL_MONITOR_JOURNAL": journal.format(tmp=tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == f"call-monitor: cannot write the journal {why.format(tmp=tmp_path)}\n"
+
+
+def test_the_start_up_check_sets_a_cut_line_aside_and_writes_the_header(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text('{"v":1,"type":"tick","at":1}\n{"v":1,"ty')
+    settings = load_settings({"journal_path": str(journal), "instance": "m1"}, ENV)
+    assert open_journal(settings) == 1
+    assert open_journal(settings) == 0
+    lines = journal.read_text().splitlines()
+    assert [line[:25] for line in lines] == [
+        '{"v":1,"type":"tick","at"',
+        '{"v":1,"type":"header","s',
+    ]
