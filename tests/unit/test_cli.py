@@ -146,3 +146,51 @@ def test_the_start_up_check_sets_a_cut_line_aside_and_writes_the_header(tmp_path
         '{"v":1,"type":"tick","at"',
         '{"v":1,"type":"header","s',
     ]
+
+
+def test_config_reads_the_secret_from_its_file_and_never_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(ENV["LIVEKIT_API_SECRET"] + "\n")
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LIVEKIT_API_SECRET")
+    assert main(["config", "--livekit-api-secret-file", str(secret_file)]) == 0
+    out = capsys.readouterr().out
+    assert "livekit_api_secret=(set)\n" in out
+    assert f"livekit_api_secret_file={secret_file}\n" in out
+    assert ENV["LIVEKIT_API_SECRET"] not in out
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        (
+            {"LIVEKIT_URL": "https://monitor:hunter2@lk.example.com"},
+            "LIVEKIT_URL must not hold a user or password (the API key and secret are used),"
+            " got 'https://***@lk.example.com'",
+        ),
+        (
+            {"LIVEKIT_API_SECRET": "hunter2-is-a-short-secret"},
+            "LIVEKIT_API_SECRET must be at least 32 characters, as livekit-server requires",
+        ),
+        (
+            {"LIVEKIT_API_SECRET_FILE": "/nonexistent/secret"},
+            "LIVEKIT_API_SECRET and LIVEKIT_API_SECRET_FILE are both set: give one of them",
+        ),
+    ],
+)
+def test_run_stops_at_a_credential_it_cannot_use_without_showing_it(
+    env: dict[str, str], error: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "run"],
+        env={"PATH": "/usr/bin:/bin", **ENV, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"call-monitor: {error}\n")
+    assert "hunter2" not in done.stderr

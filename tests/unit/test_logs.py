@@ -225,6 +225,8 @@ def test_secret_fields_are_redacted_at_any_depth() -> None:
             headers={"Authorization": "Basic dXNlcjpwYXNzd29yZA==", "Content-Type": "json"},
             note=f"sent {jwt} with it",
             raw="Authorization: Bearer opaque-token-value",
+            livekit="https://monitor:hunter2@lk.example.com:7880",
+            error="cannot connect to wss://monitor:hunter2@lk.example.com/rtc: refused",
             call_key="SCL_1",
             sip_status_code=401,
         )
@@ -234,6 +236,8 @@ def test_secret_fields_are_redacted_at_any_depth() -> None:
     assert entry["headers"] == {"Authorization": REDACTED, "Content-Type": "json"}
     assert entry["note"] == f"sent {REDACTED} with it"
     assert entry["raw"] == f"Authorization: Bearer {REDACTED}"
+    assert entry["livekit"] == f"https://{REDACTED}@lk.example.com:7880"
+    assert entry["error"] == f"cannot connect to wss://{REDACTED}@lk.example.com/rtc: refused"
     assert entry["call_key"] == "SCL_1"
     assert entry["sip_status_code"] == 401
 
