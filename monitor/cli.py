@@ -139,8 +139,8 @@ def _replay(args: argparse.Namespace) -> int:
     masker = NumberMasker(enabled=not args.show_numbers)
     result = replay(args.files)
     print_replay(result, sys.stdout, masker, as_json=args.json)
-    for bad in result.bad_lines:
-        print(f"{PROG}: skipped {bad.path}:{bad.number}: {bad.error}", file=sys.stderr)
+    for bad in result.bad_lines:  # the reason may quote the line, numbers and all
+        print(f"{PROG}: skipped {bad.path}:{bad.number}: {masker.text(bad.error)}", file=sys.stderr)
     return 1 if result.bad_lines else 0
 
 

@@ -53,6 +53,18 @@ def test_replay_with_unreadable_lines_exits_1_and_names_them(
     assert f"skipped {journal}:" in capsys.readouterr().err
 
 
+def test_replay_masks_numbers_in_the_reasons_of_unreadable_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = tmp_path / "j.jsonl"
+    journal.write_text('{"v": 1, "type": "+1 (555) 123-4567"}\n')
+    assert main(["replay", str(journal)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"call-monitor: skipped {journal}:1: unknown event type '+1 (***) ***-4567'\n"
+    assert main(["replay", "--show-numbers", str(journal)]) == 1
+    assert "'+1 (555) 123-4567'" in capsys.readouterr().err
+
+
 def test_config_prints_settings_without_the_secret(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -414,6 +414,28 @@ def test_a_number_in_the_room_name_is_masked(as_json: bool) -> None:
     assert "447911123456" not in out.getvalue()
 
 
+def test_numbers_in_bad_lines_and_anomalies_are_masked_in_replay(tmp_path: Path) -> None:
+    """A reason quotes what a source or a line held, numbers and all."""
+    script = CallScript(room="call-+1 (555) 123-4567").seen(0.0, "dialing")
+    script.to(0.5, "tel:+15559876543").left(1.0, Reason.USER_REJECTED).tick(5.0)
+    journal = tmp_path / "j.jsonl"
+    bad = '{"v": "555-867-5309", "type": "tick", "at": 1}'
+    journal.write_text("\n".join([bad, *(encode_event(e) for e in script.events)]) + "\n")
+    result = replay([journal])
+    out = io.StringIO()
+    print_replay(result, out, NumberMasker())
+    text = out.getvalue()
+    assert "room=call-+1 (***) ***-4567" in text
+    assert "anomaly unknown_status: sip.callStatus='tel:+1******6543'" in text
+    assert "unsupported journal version '***-***-5309'" in text
+    for hidden in ("(555) 123", "555987", "555-867"):
+        assert hidden not in text
+    out = io.StringIO()
+    print_replay(result, out, NumberMasker(enabled=False))
+    assert "'555-867-5309'" in out.getvalue()
+    assert "tel:+15559876543" in out.getvalue()
+
+
 def test_an_empty_journal_replays_to_nothing(tmp_path: Path) -> None:
     journal = tmp_path / "empty.jsonl"
     journal.write_text("")

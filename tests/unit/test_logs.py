@@ -265,6 +265,26 @@ def test_numbers_in_any_string_field_are_masked_as_a_safety_net() -> None:
     assert entry["count"] == 15551112222  # numbers are not phone numbers
 
 
+def test_numbers_written_in_groups_are_masked_and_times_and_addresses_are_not() -> None:
+    with capture_logs(processors=[MaskNumbers(NumberMasker())]) as logged:
+        structlog.get_logger().warning(
+            "dial_failed",
+            error="INVITE to sip:+1-555-123-4567@10.0.0.1:5060 failed: 486",
+            detail="caller (555) 867-5309 hung up, then 555.867.5309 rang",
+            room="call-+44 20 7946 0958",
+            started_at="2026-11-26T09:00:00.123Z",
+            remote="127.0.0.1:54321",
+            took="12.345s",
+        )
+    entry = logged[0]
+    assert entry["error"] == "INVITE to sip:+1-***-***-4567@10.0.0.1:5060 failed: 486"
+    assert entry["detail"] == "caller (***) ***-5309 hung up, then ***.***.5309 rang"
+    assert entry["room"] == "call-+44 ** **** 0958"
+    assert entry["started_at"] == "2026-11-26T09:00:00.123Z"
+    assert entry["remote"] == "127.0.0.1:54321"
+    assert entry["took"] == "12.345s"
+
+
 # ---- configure_logging ------------------------------------------------------------------
 
 
