@@ -148,9 +148,13 @@ def decode_line(line: str) -> Event | Header:
     try:
         return _decode(kind, data)
     except (KeyError, TypeError, ValueError, OverflowError) as error:
-        raise JournalError(
-            BadLineKind.BAD_FIELD, f"bad {kind!r} event: {type(error).__name__}: {error}"
-        ) from None
+        reason = _shortened(f"{type(error).__name__}: {error}")
+        raise JournalError(BadLineKind.BAD_FIELD, f"bad {kind!r} event: {reason}") from None
+
+
+def _shortened(reason: str) -> str:
+    """A reason may quote a field, and a field may be 60 kB: its middle goes."""
+    return reason if len(reason) <= 160 else f"{reason[:100]}...{reason[-50:]}"
 
 
 def _json_object(line: str) -> dict[str, Any]:

@@ -146,6 +146,12 @@ SEEN_AT = json.dumps(
         ("[" * 100_000, "not_json", "not JSON"),
         ('{"v": "+15551112222", "type": "tick", "at": 1}', "unsupported_version", "version"),
         ('{"v": 1, "type": "' + "x" * 500 + '"}', "unknown_type", "unknown event type"),
+        (TICK_AT.format(1).replace("tick", "room_ended"), "bad_field", "KeyError: 'source'"),
+        (
+            '{"v": 1, "type": "room_ended", "at": 1, "room": "r", "source": "' + "y" * 9000 + '"}',
+            "bad_field",
+            "is not a valid Source",
+        ),
     ],
 )
 def test_a_line_that_would_break_replay_is_a_bad_line_of_its_kind(
