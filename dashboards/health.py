@@ -19,10 +19,11 @@ UID = "call-monitor-health"
 MONITOR = 'job=~"$job", instance=~"$instance"'
 
 
-def _per_minute(metric: str, by: str, legend: str) -> Query:
+def _per_minute(metric: str, by: str, legend: str, ref_id: str = "A") -> Query:
     return Query(
         expr=f"60 * sum by ({by}) (rate({metric}{{{MONITOR}}}[$__rate_interval]))",
         legend=legend,
+        ref_id=ref_id,
     )
 
 
@@ -278,9 +279,19 @@ def health_board() -> Board:
         timeseries_panel(
             "Journal write errors",
             "Events per minute that could not be written to the replay journal "
-            "(a full or read-only disk); anything above zero needs a look.",
+            "(a full or read-only disk), and last lines found cut at a start (the "
+            "monitor killed mid-write: set aside in a .partial- file); anything above "
+            "zero needs a look.",
             "cpm",
-            [_per_minute("call_monitor_journal_write_errors_total", "instance", "{{instance}}")],
+            [
+                _per_minute("call_monitor_journal_write_errors_total", "instance", "{{instance}}"),
+                _per_minute(
+                    "call_monitor_journal_partial_lines_total",
+                    "instance",
+                    "{{instance}} cut line set aside",
+                    ref_id="B",
+                ),
+            ],
             min_value=0,
             red_series=".*",
         )

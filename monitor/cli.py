@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from monitor.config import SETTINGS, ConfigError, Settings, describe, load_settings
+from monitor.journal import Header, JournalWriter
+from monitor.machine import MachineSettings
 from monitor.privacy import NumberMasker
 from monitor.replay import print_replay, replay
 
@@ -76,17 +79,57 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(settings: Settings) -> int:
     # Imported here: `replay` and `config` need neither livekit.rtc nor the service.
     from monitor.logs import CallLog, configure_logging
-    from monitor.service import Monitor, run_until_signalled
 
     configure_logging(settings)
+    try:
+        partial_lines = open_journal(settings)
+    except ConfigError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
+    from monitor.service import Monitor, run_until_signalled
+
     masker = NumberMasker(settings.mask_numbers, settings.mask_keep_digits)
     monitor = Monitor(settings, sinks=[CallLog(masker=masker)])
+    monitor.metrics.journal_partial_lines(partial_lines)
     try:
         asyncio.run(run_until_signalled(monitor))
     except ConfigError as error:  # found only when starting: a port in use
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def open_journal(settings: Settings) -> int:
+    """Open the journal as a run does (a cut last line set aside, this run's header
+    written), so that a path that cannot be written stops the start, not the first event.
+
+    Returns how many partial lines were set aside; raises ConfigError naming the path.
+    """
+    path = settings.journal_path
+    if path is None:
+        return 0
+    # The header the monitor writes: its own open then finds it and adds no second one.
+    header = Header(
+        MachineSettings(settle_seconds=settings.settle_seconds), settings.instance, time.time()
+    )
+    writer = JournalWriter(path, header, settings.journal_max_bytes, settings.journal_backups)
+    try:
+        return writer.open()
+    except OSError as error:
+        raise ConfigError(f"cannot write the journal {path}: {_why(error, path)}") from None
+    finally:
+        writer.close()
+
+
+def _why(error: OSError, path: Path) -> str:
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                return f"{folder} is a file, not a folder"
+            break
+    if error.strerror is None:  # raised by the writer with a message of its own
+        return str(error).removeprefix(f"{path} ")
+    return error.strerror
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -96,8 +139,8 @@ def _replay(args: argparse.Namespace) -> int:
     masker = NumberMasker(enabled=not args.show_numbers)
     result = replay(args.files)
     print_replay(result, sys.stdout, masker, as_json=args.json)
-    for bad in result.bad_lines:
-        print(f"{PROG}: skipped {bad.path}:{bad.number}: {bad.error}", file=sys.stderr)
+    for bad in result.bad_lines:  # the reason may quote the line, numbers and all
+        print(f"{PROG}: skipped {bad.path}:{bad.number}: {masker.text(bad.error)}", file=sys.stderr)
     return 1 if result.bad_lines else 0
 
 

@@ -4,7 +4,9 @@ LiveKit's own variable names (LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET) 
 monitor's own (CALL_MONITOR_*). One table declares them all: the CLI builds its flags
 from it and the README's "Configuration" lists it (a test checks). A missing or
 malformed setting is a `ConfigError` whose one-line message names the setting; a
-secret's value never appears in a message or a listing.
+secret's value never appears in a message or a listing, nor does a user or password
+in a URL (which is refused). The API secret can come from a file
+(LIVEKIT_API_SECRET_FILE), as container platforms hand secrets over.
 """
 
 from __future__ import annotations
@@ -17,7 +19,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-__all__ = ["SETTINGS", "ConfigError", "Setting", "Settings", "describe", "load_settings"]
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "SETTINGS",
+    "ConfigError",
+    "Setting",
+    "Settings",
+    "describe",
+    "load_settings",
+    "redacted_url",
+]
+
+# livekit-server refuses API secrets shorter than this (HS256 wants 256 bits of key).
+MIN_SECRET_LENGTH = 32
+# A secret file larger than this is the wrong file.
+_MAX_SECRET_FILE_BYTES = 64 * 1024
 
 
 class ConfigError(ValueError):
@@ -30,6 +46,10 @@ def _url(value: str) -> str:
         raise ValueError("must start with ws://, wss://, http:// or https://")
     if not parts.hostname:
         raise ValueError("has no host")
+    if "@" in parts.netloc:
+        # The API's HTTP client refuses them next to its own Authorization header, and
+        # livekit-server authenticates by the API key alone.
+        raise ValueError("must not hold a user or password (the API key and secret are used)")
     try:
         _ = parts.port
     except ValueError:
@@ -37,10 +57,32 @@ def _url(value: str) -> str:
     return value.rstrip("/")
 
 
+def redacted_url(url: str) -> str:
+    """The URL for display, without the user and password it may carry.
+
+    Everything between the scheme and the last `@` goes, so a malformed URL (an `@` or
+    `/` in the password) loses its credentials too.
+    """
+    before, at, host_and_path = url.rpartition("@")
+    if not at:
+        return url
+    scheme, slashes, _ = before.partition("://")
+    return f"{scheme}://***@{host_and_path}" if slashes else f"***@{host_and_path}"
+
+
 def _text(value: str) -> str:
     if not value.strip():
         raise ValueError("is empty")
     return value.strip()
+
+
+def _secret(value: str) -> str:
+    secret = _text(value)
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"must be at least {MIN_SECRET_LENGTH} characters, as livekit-server requires"
+        )
+    return secret
 
 
 _Number = TypeVar("_Number", int, float)
@@ -112,6 +154,8 @@ class Setting:
     default: str | None  # None: required
     help: str
     secret: bool = False
+    # How a value is shown in errors and listings (a URL without its credentials).
+    display: Callable[[str], str] = str
 
     @property
     def flag(self) -> str:
@@ -119,15 +163,31 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("livekit_url", "LIVEKIT_URL", _url, None, "livekit-server URL (ws:// or http://)"),
+    Setting(
+        "livekit_url",
+        "LIVEKIT_URL",
+        _url,
+        None,
+        "livekit-server URL (ws:// or http://)",
+        display=redacted_url,
+    ),
     Setting("livekit_api_key", "LIVEKIT_API_KEY", _text, None, "LiveKit API key"),
     Setting(
         "livekit_api_secret",
         "LIVEKIT_API_SECRET",
-        _text,
+        _secret,
         None,
-        "LiveKit API secret (never printed)",
+        f"LiveKit API secret, {MIN_SECRET_LENGTH} characters or more (never printed; "
+        "a flag shows in ps to every user: prefer the variable or the file)",
         secret=True,
+    ),
+    Setting(
+        "livekit_api_secret_file",
+        "LIVEKIT_API_SECRET_FILE",
+        _path,
+        "",
+        "a file holding the LiveKit API secret (a Docker or Kubernetes secret), instead "
+        "of LIVEKIT_API_SECRET",
     ),
     Setting(
         "http_host",
@@ -288,6 +348,7 @@ class Settings:
     livekit_url: str
     livekit_api_key: str
     livekit_api_secret: str
+    livekit_api_secret_file: Path | None
     http_host: str
     http_port: int
     metrics_port: int | None
@@ -338,37 +399,95 @@ def load_settings(
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        raw = flags.get(setting.name)
-        origin = setting.flag
-        if raw is None:
-            raw = environ.get(setting.env)
-            origin = setting.env
-        if raw is None:
+        given = _given(setting, flags, environ)
+        if setting.name == "livekit_api_secret":
+            given = _api_secret(given, flags, environ)
+        if given is None:
             if setting.default is None:
                 if required:
-                    raise ConfigError(f"{setting.env} is not set (or pass {setting.flag})")
+                    raise ConfigError(_missing(setting))
                 values[setting.name] = ""
                 continue
-            raw = setting.default
-            origin = f"{setting.env} (default)"
+            given = (setting.default, f"{setting.env} (default)")
+        raw, origin = given
         try:
             values[setting.name] = setting.parse(raw)
         except ValueError as error:
-            shown = "" if setting.secret else f", got {raw[:80]!r}"
+            shown = "" if setting.secret else f", got {setting.display(raw)[:80]!r}"
             raise ConfigError(f"{origin} {error}{shown}") from None
     if not values["instance"]:
         values["instance"] = socket.gethostname()
     return Settings(**values)
 
 
+def _missing(setting: Setting) -> str:
+    message = f"{setting.env} is not set (or pass {setting.flag}"
+    if setting.name == "livekit_api_secret":
+        message += ", or LIVEKIT_API_SECRET_FILE"
+    return message + ")"
+
+
+def _given(
+    setting: Setting, flags: Mapping[str, str | None], environ: Mapping[str, str]
+) -> tuple[str, str] | None:
+    """A setting's raw value and where it came from (its flag or variable), if given."""
+    raw = flags.get(setting.name)
+    if raw is not None:
+        return raw, setting.flag
+    raw = environ.get(setting.env)
+    if raw is not None:
+        return raw, setting.env
+    return None
+
+
+def _api_secret(
+    given: tuple[str, str] | None,
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+) -> tuple[str, str] | None:
+    """The API secret, given as such or in a file: a flag wins over the environment, and
+    one place giving both is an error (which one was meant?)."""
+    file_setting = next(s for s in SETTINGS if s.name == "livekit_api_secret_file")
+    in_file = _given(file_setting, flags, environ)
+    if in_file is None or not in_file[0].strip():
+        return given
+    if given is not None:
+        secret_by_flag, file_by_flag = given[1].startswith("--"), in_file[1].startswith("--")
+        if secret_by_flag == file_by_flag:
+            raise ConfigError(f"{given[1]} and {in_file[1]} are both set: give one of them")
+        if secret_by_flag:
+            return given
+    path = Path(in_file[0].strip())
+    return _read_secret_file(path, in_file[1]), f"{in_file[1]} ({path})"
+
+
+def _read_secret_file(path: Path, origin: str) -> str:
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(_MAX_SECRET_FILE_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"{origin} {path} cannot be read: {error.strerror or error}") from None
+    if len(data) > _MAX_SECRET_FILE_BYTES:
+        raise ConfigError(f"{origin} {path} is larger than 64 KiB: not a secret")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{origin} {path} is not UTF-8 text") from None
+    if not text.strip():
+        raise ConfigError(f"{origin} {path} is empty")
+    return text  # its trailing newline goes with the secret's parse
+
+
 def describe(settings: Settings) -> dict[str, str]:
-    """Every setting for display, secrets replaced by whether they are set."""
-    secret = {setting.name for setting in SETTINGS if setting.secret}
+    """Every setting for display, secrets replaced by whether they are set, URLs without
+    their credentials."""
+    declared = {setting.name: setting for setting in SETTINGS}
     shown: dict[str, str] = {}
     for field in fields(settings):
         value = getattr(settings, field.name)
-        if field.name in secret:
+        setting = declared[field.name]
+        if setting.secret:
             shown[field.name] = "(set)" if value else "(not set)"
         else:
-            shown[field.name] = "" if value is None else str(value)
+            shown[field.name] = "" if value is None else setting.display(str(value))
     return shown

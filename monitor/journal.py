@@ -3,17 +3,27 @@
 The live service appends each event before the machine sees it; `call-monitor replay`
 feeds the same lines to a fresh machine, with the settings from the journal's header,
 and gets the same outcomes. A line that cannot be read is reported with its number and
-skipped: one bad line never hides the rest of an incident.
+the kind of fault, and skipped: one bad line never hides the rest of an incident.
+
+Each run starts with a header line. A last line without its newline (a write cut by a
+crash) is moved to `<path>.partial-<UTC time>` when the journal is opened again, so
+that the next event starts a line of its own instead of being glued to the fragment.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
+import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+import structlog
 
 from monitor.machine import MachineSettings
 from monitor.model import (
@@ -32,6 +42,8 @@ from monitor.model import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "BadLine",
+    "BadLineKind",
     "Header",
     "JournalError",
     "JournalWriter",
@@ -42,6 +54,15 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+
+log = structlog.get_logger("call_monitor")
+
+# Event times are epoch seconds; anything outside these years is not a time a source
+# gave (and would overflow the clock that replay prints).
+_EARLIEST = 0.0
+_LATEST = 32_503_680_000.0  # 3000-01-01
+# A machine setting is a duration; longer than this is no setting anyone made.
+_LONGEST_SETTING = 1_000_000.0
 
 _TYPE_OF: Mapping[type, str] = {
     ParticipantSeen: "participant_seen",
@@ -54,8 +75,23 @@ _TYPE_OF: Mapping[type, str] = {
 }
 
 
+class BadLineKind(StrEnum):
+    """What is wrong with a journal line that cannot be read."""
+
+    NOT_JSON = "not_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_FIELD = "bad_field"  # a known type with a missing or malformed field
+    UNREADABLE = "unreadable"  # the file itself could not be read from this line on
+
+
 class JournalError(ValueError):
-    """A journal line that is not a valid event; the message says why."""
+    """A journal line that is not a valid event; `kind` says what is wrong, str() why."""
+
+    def __init__(self, kind: BadLineKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,34 +136,51 @@ def encode_event(event: Event) -> str:
 
 
 def decode_line(line: str) -> Event | Header:
-    """Parse one journal line; raises JournalError naming what is wrong."""
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise JournalError(f"not JSON: {error.msg} at column {error.colno}") from None
-    if not isinstance(data, dict):
-        raise JournalError("not a JSON object")
+    """Parse one journal line; raises JournalError (and only that) naming what is wrong."""
+    data = _json_object(line)
     if data.get("v") != FORMAT_VERSION:
-        raise JournalError(f"unsupported journal version {data.get('v')!r}")
+        raise JournalError(
+            BadLineKind.UNSUPPORTED_VERSION, f"unsupported journal version {data.get('v')!r:.40}"
+        )
     kind = data.get("type")
     if kind != "header" and kind not in _TYPE_OF.values():
-        raise JournalError(f"unknown event type {kind!r}")
+        raise JournalError(BadLineKind.UNKNOWN_TYPE, f"unknown event type {kind!r:.40}")
     try:
         return _decode(kind, data)
-    except (KeyError, TypeError, ValueError) as error:
-        raise JournalError(f"bad {kind!r} event: {type(error).__name__}: {error}") from None
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
+        reason = _shortened(f"{type(error).__name__}: {error}")
+        raise JournalError(BadLineKind.BAD_FIELD, f"bad {kind!r} event: {reason}") from None
+
+
+def _shortened(reason: str) -> str:
+    """A reason may quote a field, and a field may be 60 kB: its middle goes."""
+    return reason if len(reason) <= 160 else f"{reason[:100]}...{reason[-50:]}"
+
+
+def _json_object(line: str) -> dict[str, Any]:
+    try:
+        # NaN and Infinity are not JSON, though Python's parser takes them.
+        data = json.loads(line, parse_constant=_no_constant)
+    except json.JSONDecodeError as error:
+        raise JournalError(
+            BadLineKind.NOT_JSON, f"not JSON: {error.msg} at column {error.colno}"
+        ) from None
+    except (ValueError, RecursionError) as error:  # a 5,000-digit number, [[[[...
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise JournalError(BadLineKind.NOT_JSON, f"not JSON: {reason}") from None
+    if not isinstance(data, dict):
+        raise JournalError(BadLineKind.NOT_AN_OBJECT, "not a JSON object")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _decode(kind: object, data: dict[str, Any]) -> Event | Header:
     if kind == "header":
-        raw = data.get("settings") or {}
-        known = {k: float(v) for k, v in raw.items() if k in MachineSettings.__dataclass_fields__}
-        return Header(
-            MachineSettings(**known),
-            str(data.get("instance", "")),
-            float(data.get("started_at", 0.0)),
-        )
-    at = _number(data["at"])
+        return _header(data)
+    at = _time(data["at"])
     if kind == "tick":
         return Tick(at)
     source = Source(data["source"])
@@ -137,7 +190,7 @@ def _decode(kind: object, data: dict[str, Any]) -> Event | Header:
             at,
             _text(data["room"]),
             _text(data["participant_identity"]),
-            None if code is None else int(code),
+            None if code is None else _sip_code(code),
             _text(data.get("sip_status", "")),
             _text(data.get("call_id", "")),
             source,
@@ -160,6 +213,25 @@ def _decode(kind: object, data: dict[str, Any]) -> Event | Header:
     return AttributesChanged(at, source, room, participant, changed, room_sid)
 
 
+_SETTING_NAMES = frozenset(field.name for field in fields(MachineSettings))
+
+
+def _header(data: dict[str, Any]) -> Header:
+    raw = data.get("settings") or {}
+    if not isinstance(raw, dict):
+        raise TypeError("settings are not an object")
+    known = {name: _setting(name, value) for name, value in raw.items() if name in _SETTING_NAMES}
+    started_at = data.get("started_at", 0.0)
+    return Header(MachineSettings(**known), str(data.get("instance", "")), _time(started_at))
+
+
+def _setting(name: str, value: Any) -> float:
+    seconds = _number(value)
+    if not 0.0 <= seconds <= _LONGEST_SETTING:
+        raise ValueError(f"setting {name} is not from 0 to {_LONGEST_SETTING:g} seconds")
+    return seconds
+
+
 def _participant(data: Any) -> Participant:
     if not isinstance(data, dict):
         raise TypeError("participant is not an object")
@@ -169,6 +241,7 @@ def _participant(data: Any) -> Participant:
         identity=_text(data.get("identity", "")),
         attributes=_attributes(data.get("attributes") or {}),
         is_sip=bool(data.get("is_sip", True)),
+        # A webhook's joined_at_ms is any int64: kept as it came, for replay to match.
         joined_at=None if joined is None else _number(joined),
     )
 
@@ -188,7 +261,25 @@ def _text(value: Any) -> str:
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {type(value).__name__}")
-    return float(value)
+    number = float(value)  # OverflowError for an int too large for a float
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {number}")
+    return number
+
+
+def _time(value: Any) -> float:
+    at = _number(value)
+    if not _EARLIEST <= at <= _LATEST:
+        raise ValueError(f"time {at:g} is not epoch seconds from 1970 to 3000")
+    return at
+
+
+def _sip_code(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer SIP code, got {type(value).__name__}")
+    if not 0 <= value <= 999:
+        raise ValueError("SIP code is not from 0 to 999")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,64 +287,142 @@ class BadLine:
     path: str
     number: int
     error: str
+    kind: BadLineKind = BadLineKind.BAD_FIELD
 
 
 def read_journal(
     paths: Iterable[Path], bad_lines: list[BadLine] | None = None
 ) -> Iterator[Event | Header]:
-    """Events and headers of journal files in order; bad lines go to `bad_lines`."""
+    """Events and headers of journal files in order; bad lines go to `bad_lines`.
+
+    Never raises for what a file holds: a file that cannot be read (from some line on)
+    is one bad line, and the next file is read.
+    """
+    found = [] if bad_lines is None else bad_lines
     for path in paths:
-        with path.open(encoding="utf-8", errors="replace") as stream:
-            for number, line in enumerate(stream, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield decode_line(line)
-                except JournalError as error:
-                    if bad_lines is not None:
-                        bad_lines.append(BadLine(str(path), number, str(error)))
+        number = 0
+        try:
+            with path.open(encoding="utf-8", errors="replace") as stream:
+                for number, line in enumerate(stream, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        yield decode_line(line)
+                    except JournalError as error:
+                        found.append(BadLine(str(path), number, str(error), error.kind))
+        except OSError as error:
+            reason = f"cannot read: {error.strerror or error}"
+            found.append(BadLine(str(path), number + 1, reason, BadLineKind.UNREADABLE))
 
 
 class JournalWriter:
     """Appends events to a file, rotating it at `max_bytes` and keeping `backups` old files.
 
-    Each file starts with the header, so any one of them replays on its own.
+    Each file starts with the header, and each run writes one when it opens the journal,
+    so any one file replays on its own and a restart shows in the journal.
     """
 
     def __init__(self, path: Path, header: Header, max_bytes: int, backups: int) -> None:
         self.path = path
-        self._header_line = encode_header(header) + "\n"
+        self._header = header
+        self._header_line = (encode_header(header) + "\n").encode("utf-8")
         self._max_bytes = max_bytes
         self._backups = backups
-        self._stream: TextIO | None = None
+        self._fd: int | None = None
         self._size = 0
+        # Partial last lines moved aside since this writer was made, for a metric.
+        self.partial_lines_set_aside = 0
+
+    def open(self) -> int:
+        """Open the journal now rather than at the first event, to find at start-up a path
+        that cannot be written: sets a partial last line aside, writes this run's header.
+
+        Returns how many partial lines were set aside (0 or 1) for the caller to count;
+        raises OSError for a path that cannot be written (the message names it).
+        """
+        if self._fd is not None:
+            return 0
+        before = self.partial_lines_set_aside
+        self._open()
+        return self.partial_lines_set_aside - before
 
     def write(self, event: Event) -> None:
         """Append one event; raises OSError for the caller to count."""
-        line = encode_event(event) + "\n"
-        if self._stream is None:
+        # Encoded first: the limit is on bytes, and non-ASCII text takes more than one.
+        line = (encode_event(event) + "\n").encode("utf-8")
+        if self._fd is None:
             self._open()
         elif self._size + len(line) > self._max_bytes:
             self._rotate()
-        assert self._stream is not None
-        self._stream.write(line)
-        self._stream.flush()
-        self._size += len(line)
+        self._write_all(line)
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Owner only: it holds phone numbers, identities and room names in clear.
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._stream = open(descriptor, "a", encoding="utf-8")  # noqa: SIM115 - kept open
-        self._size = self.path.stat().st_size
-        if self._size == 0:
-            self._stream.write(self._header_line)
-            self._size = len(self._header_line)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{self.path} is not a regular file (it could not be rotated)")
+            size = self._set_aside_partial_line(fd, os.fstat(fd).st_size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._size = fd, size
+        if not self._ends_with_this_runs_header(size):
+            try:
+                self._write_all(self._header_line)
+            except OSError:
+                self.close()  # the next write tries to open it again
+                raise
+
+    def _write_all(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+            self._size += written
+
+    def _set_aside_partial_line(self, fd: int, size: int) -> int:
+        """Move a last line that has no newline (cut by a crash) to a file of its own,
+        then cut it from the journal; return the journal's size without it."""
+        end = _end_of_last_full_line(self.path, size)
+        if end == size:
+            return size
+        aside = _copy_to_new_file(self.path, end, size)
+        os.ftruncate(fd, end)  # only after the copy is safe on disk
+        self.partial_lines_set_aside += 1
+        log.warning(
+            "journal_partial_line_set_aside",
+            path=str(self.path),
+            moved_to=str(aside),
+            bytes=size - end,
+        )
+        return end
+
+    def _ends_with_this_runs_header(self, size: int) -> bool:
+        """Whether the last line is a header of this instance and settings with no event
+        after it (the start-up check wrote it): a second one would say nothing new."""
+        if size == 0:
+            return False
+        with self.path.open("rb") as stream:
+            stream.seek(max(0, size - 4096))
+            tail = stream.read(4096)
+        last = tail.rstrip(b"\n").rpartition(b"\n")[2]
+        try:
+            found = decode_line(last.decode("utf-8", errors="replace"))
+        except JournalError:
+            return False
+        return (
+            isinstance(found, Header)
+            and found.settings == self._header.settings
+            and found.instance == self._header.instance
+        )
 
     def _rotate(self) -> None:
         self.close()
@@ -266,3 +435,44 @@ class JournalWriter:
         else:
             self.path.unlink(missing_ok=True)
         self._open()
+
+
+def _end_of_last_full_line(path: Path, size: int) -> int:
+    """The offset just after the file's last newline (0 if it has none)."""
+    block = 65536
+    with path.open("rb") as stream:
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            stream.seek(start)
+            chunk = stream.read(end - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+    return 0
+
+
+def _copy_to_new_file(path: Path, start: int, end: int) -> Path:
+    """Copy bytes [start, end) of `path` to a new owner-only `<path>.partial-<UTC time>`."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for attempt in range(1000):
+        suffix = "" if attempt == 0 else f"-{attempt}"
+        aside = path.with_name(f"{path.name}.partial-{stamp}{suffix}")
+        try:
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with open(fd, "wb") as out, path.open("rb") as source:
+            source.seek(start)
+            left = end - start
+            while left > 0:  # in blocks: a file with no newline at all may be large
+                block = source.read(min(left, 1 << 20))
+                if not block:
+                    break
+                out.write(block)
+                left -= len(block)
+            out.flush()
+            os.fsync(out.fileno())
+        return aside
+    raise FileExistsError(f"no free name for {path.name}.partial-{stamp}")

@@ -78,11 +78,13 @@ _SECRET_WORDS: Final = frozenset(
 _SECRET_PARTS: Final = ("secret", "token", "password", "passwd", "credential", "authoriz")
 _WORD: Final = re.compile(r"[a-z0-9]+")
 # Values that are secrets whatever their key: a JWT (LiveKit access tokens and webhook
-# signatures are JWTs) and the credentials of an Authorization header.
+# signatures are JWTs), the credentials of an Authorization header, and the user and
+# password of a URL (`https://user:pass@host`, as LIVEKIT_URL may be given).
 # One pattern, so a string is scanned once (this runs on every string of every line).
 _SECRET_VALUE: Final = re.compile(
     r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"
     r"|(?i:(?<=\bbearer )\S+|(?<=\bbasic )[A-Za-z0-9+/=]{8,})"
+    r"|(?<=://)[^\s/@]+(?=@)"
 )
 # Fields whose values are LiveKit-made ids or set by us, never numbers: left as they are
 # so that searches by them work. `_record` and `_from_structlog` are stdlib bridge meta.

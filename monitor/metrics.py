@@ -361,6 +361,11 @@ class MonitorMetrics:
         self._journal_errors = Counter(
             "journal_write_errors", "Events that could not be written to the journal.", **common
         )
+        self._journal_partial_lines = Counter(
+            "journal_partial_lines",
+            "Last journal lines found cut (a crash mid-write) and moved aside on opening it.",
+            **common,
+        )
         self._reconcile_runs = Counter(
             "reconcile_runs",
             "Reconciliation passes (room and participant listings), by result.",
@@ -473,6 +478,10 @@ class MonitorMetrics:
 
     def journal_write_error(self) -> None:
         self._journal_errors.inc()
+
+    def journal_partial_lines(self, count: int) -> None:
+        """Partial last lines the journal writer set aside when it opened the journal."""
+        self._journal_partial_lines.inc(max(0, count))
 
     def reconcile_run(self, ok: bool, seconds: float) -> None:
         self._reconcile_runs.labels(result="success" if ok else "failure").inc()

@@ -141,7 +141,8 @@ def _describe(effect: Effect, masker: NumberMasker) -> str:
         if call.ambiguity:
             line += f"  ambiguous: {call.ambiguity}"
         return line
-    return f"{_clock(effect.at)}  {effect.call_key or '-'}  anomaly {effect.kind}: {effect.detail}"
+    detail = masker.text(effect.detail)  # it quotes what a source sent
+    return f"{_clock(effect.at)}  {effect.call_key or '-'}  anomaly {effect.kind}: {detail}"
 
 
 def print_replay(
@@ -161,4 +162,4 @@ def print_replay(
     for record in result.open_calls:
         print(f"  still open: {record.key} ({record.state})", file=out)
     for bad in result.bad_lines:
-        print(f"  skipped {bad.path}:{bad.number}: {bad.error}", file=out)
+        print(f"  skipped {bad.path}:{bad.number}: {masker.text(bad.error)}", file=out)

@@ -9,13 +9,24 @@ its own documented error, the machine never raises, and odd input shows as anoma
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from livekit.protocol import models, webhook
 
-from monitor.journal import Header, JournalError, decode_line, encode_event
+from monitor.journal import (
+    _TYPE_OF,
+    BadLine,
+    BadLineKind,
+    Header,
+    JournalError,
+    decode_line,
+    encode_event,
+    read_journal,
+)
 from monitor.machine import CallBook, MachineSettings
 from monitor.model import (
     ATTR_CALL_ID,
@@ -185,22 +196,89 @@ def test_a_thousand_status_flips_from_one_participant_keep_one_bounded_call() ->
     assert len(regressions) == 500
 
 
-@given(st.text(max_size=300))
-def test_a_journal_line_of_any_text_is_read_or_refused_with_a_reason(line: str) -> None:
-    try:
-        decode_line(line)
-    except JournalError as error:
-        message = str(error)
-    else:
-        return
-    assert message
-
-
+# JSON has no NaN or infinity (Python writes them, and a line with one is not JSON).
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
     max_leaves=12,
 )
+# One line of a journal file: any text, any JSON, or an object that looks like an event.
+ONE_LINE = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=300)
+NOT_JSON_NUMBERS = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "1" * 5000])
+JOURNAL_LINES = st.one_of(
+    ONE_LINE,
+    JSON_VALUES.map(json.dumps),
+    st.dictionaries(
+        st.sampled_from(["v", "type", "at", "source", "room", "settings", "participant"]),
+        st.one_of(JSON_VALUES, st.sampled_from([1, "header", "tick", "room_ended"])),
+    ).map(json.dumps),
+    st.builds(
+        '{{"v": 1, "type": "{}", "at": {}}}'.format,
+        st.sampled_from(["tick", "header"]),
+        NOT_JSON_NUMBERS,
+    ),
+)
+KNOWN_TYPES = {"header", *_TYPE_OF.values()}
+MESSAGE_OF = {
+    BadLineKind.NOT_JSON: "not JSON: ",
+    BadLineKind.NOT_AN_OBJECT: "not a JSON object",
+    BadLineKind.UNSUPPORTED_VERSION: "unsupported journal version ",
+    BadLineKind.UNKNOWN_TYPE: "unknown event type ",
+    BadLineKind.BAD_FIELD: "bad '",
+}
+
+
+def _strict_json(line: str) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def expected_kind(line: str) -> BadLineKind | None:
+    """What is wrong with a line by the format's rules; None: its fields decide."""
+    try:
+        data = _strict_json(line)
+    except (ValueError, RecursionError):
+        return BadLineKind.NOT_JSON
+    if not isinstance(data, dict):
+        return BadLineKind.NOT_AN_OBJECT
+    if data.get("v") != 1:
+        return BadLineKind.UNSUPPORTED_VERSION
+    if not isinstance(data.get("type"), str) or data["type"] not in KNOWN_TYPES:
+        return BadLineKind.UNKNOWN_TYPE
+    return None
+
+
+@given(JOURNAL_LINES)
+def test_a_journal_line_of_any_text_is_read_or_refused_with_its_kind_and_number(
+    line: str,
+) -> None:
+    """A bad line is one bad line: its number, what is wrong, and the lines around it read."""
+    around = [Tick(T0), Tick(T0 + 1)]
+    with tempfile.TemporaryDirectory() as folder:
+        journal = Path(folder) / "journal.jsonl"
+        text = "\n".join([encode_event(around[0]), line, encode_event(around[1])]) + "\n"
+        journal.write_text(text, encoding="utf-8")
+        bad: list[BadLine] = []
+        items = list(read_journal([journal], bad))
+    kind = expected_kind(line)
+    if not line.strip():  # a blank line is skipped
+        assert (bad, items) == ([], around)
+    elif not bad:  # a valid event or header, read in its place
+        assert kind is None
+        assert items == [around[0], decode_line(line), around[1]]
+    else:
+        [found] = bad
+        assert (found.path, found.number) == (str(journal), 2)
+        assert found.kind == (kind or BadLineKind.BAD_FIELD)
+        assert found.error.startswith(MESSAGE_OF[found.kind]), found.error
+        assert "\n" not in found.error
+        assert items == around
 
 
 @given(

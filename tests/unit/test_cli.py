@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli import main
+from monitor.cli import main, open_journal
+from monitor.config import load_settings
 from tests import trace_journal
 
 ENV = {
@@ -50,6 +51,18 @@ def test_replay_with_unreadable_lines_exits_1_and_names_them(
     journal.write_text(trace_journal.SAMPLE.read_text() + "oops\n")
     assert main(["replay", str(journal)]) == 1
     assert f"skipped {journal}:" in capsys.readouterr().err
+
+
+def test_replay_masks_numbers_in_the_reasons_of_unreadable_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = tmp_path / "j.jsonl"
+    journal.write_text('{"v": 1, "type": "+1 (555) 123-4567"}\n')
+    assert main(["replay", str(journal)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"call-monitor: skipped {journal}:1: unknown event type '+1 (***) ***-4567'\n"
+    assert main(["replay", "--show-numbers", str(journal)]) == 1
+    assert "'+1 (555) 123-4567'" in capsys.readouterr().err
 
 
 def test_config_prints_settings_without_the_secret(
@@ -99,3 +112,97 @@ def test_a_port_in_use_is_a_one_line_error_at_start() -> None:
         f"call-monitor: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("journal", "why"),
+    [
+        ("{tmp}", "{tmp}: Is a directory"),
+        (
+            "{tmp}/file/journal.jsonl",
+            "{tmp}/file/journal.jsonl: {tmp}/file is a file, not a folder",
+        ),
+        ("/dev/full", "/dev/full: is not a regular file (it could not be rotated)"),
+    ],
+)
+def test_a_journal_path_that_cannot_be_written_is_a_one_line_error_at_start(
+    tmp_path: Path, journal: str, why: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        **ENV,
+        "CALL_MONITOR_HTTP_PORT": "0",
+        "CALL_MONITOR_JOURNAL": journal.format(tmp=tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == f"call-monitor: cannot write the journal {why.format(tmp=tmp_path)}\n"
+
+
+def test_the_start_up_check_sets_a_cut_line_aside_and_writes_the_header(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text('{"v":1,"type":"tick","at":1}\n{"v":1,"ty')
+    settings = load_settings({"journal_path": str(journal), "instance": "m1"}, ENV)
+    assert open_journal(settings) == 1
+    assert open_journal(settings) == 0
+    lines = journal.read_text().splitlines()
+    assert [line[:25] for line in lines] == [
+        '{"v":1,"type":"tick","at"',
+        '{"v":1,"type":"header","s',
+    ]
+
+
+def test_config_reads_the_secret_from_its_file_and_never_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(ENV["LIVEKIT_API_SECRET"] + "\n")
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LIVEKIT_API_SECRET")
+    assert main(["config", "--livekit-api-secret-file", str(secret_file)]) == 0
+    out = capsys.readouterr().out
+    assert "livekit_api_secret=(set)\n" in out
+    assert f"livekit_api_secret_file={secret_file}\n" in out
+    assert ENV["LIVEKIT_API_SECRET"] not in out
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        (
+            {"LIVEKIT_URL": "https://monitor:hunter2@lk.example.com"},
+            "LIVEKIT_URL must not hold a user or password (the API key and secret are used),"
+            " got 'https://***@lk.example.com'",
+        ),
+        (
+            {"LIVEKIT_API_SECRET": "hunter2-is-a-short-secret"},
+            "LIVEKIT_API_SECRET must be at least 32 characters, as livekit-server requires",
+        ),
+        (
+            {"LIVEKIT_API_SECRET_FILE": "/nonexistent/secret"},
+            "LIVEKIT_API_SECRET and LIVEKIT_API_SECRET_FILE are both set: give one of them",
+        ),
+    ],
+)
+def test_run_stops_at_a_credential_it_cannot_use_without_showing_it(
+    env: dict[str, str], error: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "run"],
+        env={"PATH": "/usr/bin:/bin", **ENV, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"call-monitor: {error}\n")
+    assert "hunter2" not in done.stderr

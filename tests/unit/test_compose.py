@@ -942,7 +942,7 @@ def test_the_monitor_gets_only_settings_it_knows(compose: dict[str, Any]) -> Non
 
 
 def test_the_environment_check_rejects_unknown_and_bad_settings() -> None:
-    base = {"LIVEKIT_URL": "ws://x:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+    base = {"LIVEKIT_URL": "ws://x:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s" * 32}
     assert monitor_env_problems(base) == []
     assert monitor_env_problems({**base, "CALL_MONITOR_JOURNAL_PATH": "/x"}) != []
     assert monitor_env_problems({**base, "LIVEKIT_WS_URL": "ws://x"}) != []

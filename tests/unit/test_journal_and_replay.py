@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -100,6 +104,83 @@ def test_a_bad_line_is_an_error_that_says_why(line: str, message: str) -> None:
         decode_line(line)
 
 
+HEADER_WITH = '{{"v": 1, "type": "header", {}}}'
+TICK_AT = '{{"v": 1, "type": "tick", "at": {}}}'
+DIAL = '{{"v": 1, "type": "dial_failed", "at": 1, "source": "dial", "room": "r", '
+DIAL += '"participant_identity": "p", "sip_status_code": {}}}'
+# Another call's start, at a time given as TIME.
+SEEN_AT = json.dumps(
+    {
+        "v": 1,
+        "type": "participant_seen",
+        "at": "TIME",
+        "source": "webhook",
+        "room": "r2",
+        "participant": {"sid": "PA_2", "attributes": {"sip.callID": "SCL_2"}},
+    }
+).replace('"TIME"', "TIME")
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "message"),
+    [
+        (HEADER_WITH.format('"settings": [1, 2]'), "bad_field", "settings are not an object"),
+        (HEADER_WITH.format('"settings": {"settle_seconds": NaN}'), "not_json", "NaN"),
+        (HEADER_WITH.format('"settings": {"settle_seconds": 1e400}'), "bad_field", "finite"),
+        (HEADER_WITH.format('"settings": {"settle_seconds": -1}'), "bad_field", "from 0"),
+        (HEADER_WITH.format('"settings": {"settle_seconds": "1"}'), "bad_field", "a number"),
+        (HEADER_WITH.format('"started_at": Infinity'), "not_json", "Infinity"),
+        (TICK_AT.format("NaN"), "not_json", "NaN is not a JSON value"),
+        (SEEN_AT.replace("TIME", "NaN"), "not_json", "NaN is not a JSON value"),
+        (SEEN_AT.replace("TIME", "Infinity"), "not_json", "Infinity"),
+        (SEEN_AT.replace("TIME", "1e300"), "bad_field", "from 1970 to 3000"),
+        (TICK_AT.format("-Infinity"), "not_json", "-Infinity"),
+        (TICK_AT.format("1e400"), "bad_field", "finite"),
+        (TICK_AT.format("1" + "0" * 400), "bad_field", "OverflowError"),
+        (TICK_AT.format("1" * 5000), "not_json", "not JSON"),
+        (TICK_AT.format("1e15"), "bad_field", "from 1970 to 3000"),
+        (TICK_AT.format("-1"), "bad_field", "from 1970 to 3000"),
+        (DIAL.format("1e400"), "bad_field", "finite|integer"),
+        (DIAL.format("486.5"), "bad_field", "integer"),
+        (DIAL.format("100000"), "bad_field", "0 to 999"),
+        ("[" * 100_000, "not_json", "not JSON"),
+        ('{"v": "+15551112222", "type": "tick", "at": 1}', "unsupported_version", "version"),
+        ('{"v": 1, "type": "' + "x" * 500 + '"}', "unknown_type", "unknown event type"),
+        (TICK_AT.format(1).replace("tick", "room_ended"), "bad_field", "KeyError: 'source'"),
+        (
+            '{"v": 1, "type": "room_ended", "at": 1, "room": "r", "source": "' + "y" * 9000 + '"}',
+            "bad_field",
+            "is not a valid Source",
+        ),
+    ],
+)
+def test_a_line_that_would_break_replay_is_a_bad_line_of_its_kind(
+    tmp_path: Path, line: str, kind: str, message: str
+) -> None:
+    with pytest.raises(JournalError, match=message) as caught:
+        decode_line(line)
+    assert caught.value.kind == kind
+    assert len(str(caught.value)) < 200  # one readable line, not the input echoed back
+    journal = tmp_path / "j.jsonl"
+    lines = [encode_event(event) for event in busy_call().events]
+    journal.write_text("\n".join([*lines[:2], line, *lines[2:]]) + "\n")
+    result = replay([journal])
+    assert [(bad.number, bad.kind) for bad in result.bad_lines] == [(3, kind)]
+    assert [record.outcome for record in result.ended] == ["busy"]
+    print_replay(result, io.StringIO(), NumberMasker())
+
+
+def test_a_file_that_cannot_be_read_is_reported_and_the_next_is_replayed(tmp_path: Path) -> None:
+    journal = tmp_path / "j.jsonl"
+    journal.write_text("\n".join(encode_event(event) for event in busy_call().events) + "\n")
+    result = replay([tmp_path, journal])
+    assert [(bad.path, bad.number, bad.kind) for bad in result.bad_lines] == [
+        (str(tmp_path), 1, "unreadable")
+    ]
+    assert "Is a directory" in result.bad_lines[0].error
+    assert [record.outcome for record in result.ended] == ["busy"]
+
+
 def test_non_string_attribute_values_are_kept_as_json_text() -> None:
     line = json.dumps(
         {
@@ -171,15 +252,126 @@ def test_writer_without_backups_starts_over(tmp_path: Path) -> None:
     assert [file.name for file in tmp_path.iterdir()] == ["journal.jsonl"]
 
 
-def test_writer_appends_to_an_existing_journal_without_a_second_header(tmp_path: Path) -> None:
+def headers_in(path: Path) -> list[Header]:
+    return [item for item in read_journal([path]) if isinstance(item, Header)]
+
+
+def test_each_run_writes_its_header_when_it_opens_the_journal(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
-    for _ in range(2):
-        writer = JournalWriter(path, Header(MachineSettings()), 10**6, 1)
+    for run in ("first", "second"):
+        writer = JournalWriter(path, Header(MachineSettings(), run, T0), 10**6, 1)
         writer.write(RoomEnded(T0, Source.WEBHOOK, "r"))
         writer.close()
-    lines = path.read_text().splitlines()
-    assert len(lines) == 3
-    assert sum('"header"' in line for line in lines) == 1
+    assert [header.instance for header in headers_in(path)] == ["first", "second"]
+    assert len(path.read_text().splitlines()) == 4
+
+
+def test_a_header_with_no_event_after_it_is_not_written_twice(tmp_path: Path) -> None:
+    """The start-up check opens the journal before the monitor's own writer does."""
+    path = tmp_path / "journal.jsonl"
+    for _ in range(2):
+        JournalWriter(path, Header(MachineSettings(), "m1", T0), 10**6, 1).open()
+    writer = JournalWriter(path, Header(MachineSettings(), "m1", T0 + 1), 10**6, 1)
+    writer.write(RoomEnded(T0, Source.WEBHOOK, "r"))
+    writer.close()
+    assert len(headers_in(path)) == 1
+    # Other settings are another run's: their header is written.
+    other = JournalWriter(path, Header(MachineSettings(settle_seconds=2.0), "m1", T0), 10**6, 1)
+    other.open()
+    other.close()
+    assert [header.settings.settle_seconds for header in headers_in(path)] == [0.0, 2.0]
+
+
+@pytest.mark.parametrize("fragment", ['{"v":1,"type":"room_ended","at":18', '{"v":1,"ty'])
+def test_a_last_line_cut_by_a_crash_is_set_aside_and_the_next_event_replays(
+    tmp_path: Path, fragment: str
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    events = busy_call().events
+    writer = JournalWriter(path, Header(MachineSettings(), "m1", T0), 10**6, 1)
+    for event in events[:2]:
+        writer.write(event)
+    writer.close()
+    with path.open("a", encoding="utf-8") as journal:
+        journal.write(fragment)  # SIGKILL in the middle of a write
+    writer = JournalWriter(path, Header(MachineSettings(), "m1", T0 + 5), 10**6, 1)
+    assert writer.open() == 1
+    for event in events[2:]:
+        writer.write(event)
+    writer.close()
+    result = replay([path])
+    assert result.bad_lines == []
+    assert [record.outcome for record in result.ended] == ["busy"]
+    assert len(headers_in(path)) == 2
+    [aside] = tmp_path.glob("journal.jsonl.partial-*")
+    assert aside.read_text() == fragment
+    assert aside.stat().st_mode & 0o777 == 0o600  # it may hold a number in clear
+
+
+def test_a_journal_cut_inside_its_first_line_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"v":1,"type":"head')
+    writer = JournalWriter(path, Header(MachineSettings(), "m1", T0), 10**6, 1)
+    assert writer.open() == 1
+    assert writer.partial_lines_set_aside == 1
+    writer.write(RoomEnded(T0, Source.WEBHOOK, "r"))
+    writer.close()
+    assert [type(item).__name__ for item in read_journal([path])] == ["Header", "RoomEnded"]
+
+
+def test_a_journal_that_ends_its_last_line_is_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_text("not json, but a whole line\n")
+    assert JournalWriter(path, Header(MachineSettings()), 10**6, 1).open() == 0
+    assert path.read_text().startswith("not json, but a whole line\n")
+    assert list(tmp_path.glob("*.partial-*")) == []
+
+
+def test_rotation_counts_bytes_not_characters(tmp_path: Path) -> None:
+    """Non-ASCII text takes up to four bytes a character."""
+    path = tmp_path / "journal.jsonl"
+    writer = JournalWriter(path, Header(MachineSettings()), max_bytes=4096, backups=3)
+    for index in range(80):
+        writer.write(RoomEnded(T0 + index, Source.WEBHOOK, "通話-☎-" * 12))
+    writer.close()
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 4
+    assert all(file.stat().st_size <= 4096 for file in files), [f.stat().st_size for f in files]
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda tmp: tmp, "Is a directory"),
+        (lambda tmp: tmp / "file" / "journal.jsonl", "Not a directory|File exists"),
+        (lambda tmp: Path("/dev/full"), "not a regular file"),
+    ],
+)
+def test_a_path_that_cannot_hold_a_journal_fails_to_open(
+    tmp_path: Path, make: Callable[[Path], Path], why: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    writer = JournalWriter(make(tmp_path), Header(MachineSettings()), 10**6, 1)
+    with pytest.raises(OSError, match=why):
+        writer.open()
+
+
+def test_a_header_that_cannot_be_written_fails_the_open_and_a_later_write_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    writer = JournalWriter(path, Header(MachineSettings()), 10**6, 1)
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "write", full)
+        with pytest.raises(OSError, match="No space left"):
+            writer.open()
+    writer.write(RoomEnded(T0, Source.WEBHOOK, "r"))
+    writer.close()
+    assert [type(item).__name__ for item in read_journal([path])] == ["Header", "RoomEnded"]
 
 
 def test_printed_replay_shows_transitions_outcome_and_masks_numbers(tmp_path: Path) -> None:
@@ -226,6 +418,28 @@ def test_a_number_in_the_room_name_is_masked(as_json: bool) -> None:
     print_replay(replay_events(script.events), out, NumberMasker(), as_json=as_json)
     assert "call-+44******3456" in out.getvalue()
     assert "447911123456" not in out.getvalue()
+
+
+def test_numbers_in_bad_lines_and_anomalies_are_masked_in_replay(tmp_path: Path) -> None:
+    """A reason quotes what a source or a line held, numbers and all."""
+    script = CallScript(room="call-+1 (555) 123-4567").seen(0.0, "dialing")
+    script.to(0.5, "tel:+15559876543").left(1.0, Reason.USER_REJECTED).tick(5.0)
+    journal = tmp_path / "j.jsonl"
+    bad = '{"v": "555-867-5309", "type": "tick", "at": 1}'
+    journal.write_text("\n".join([bad, *(encode_event(e) for e in script.events)]) + "\n")
+    result = replay([journal])
+    out = io.StringIO()
+    print_replay(result, out, NumberMasker())
+    text = out.getvalue()
+    assert "room=call-+1 (***) ***-4567" in text
+    assert "anomaly unknown_status: sip.callStatus='tel:+1******6543'" in text
+    assert "unsupported journal version '***-***-5309'" in text
+    for hidden in ("(555) 123", "555987", "555-867"):
+        assert hidden not in text
+    out = io.StringIO()
+    print_replay(result, out, NumberMasker(enabled=False))
+    assert "'555-867-5309'" in out.getvalue()
+    assert "tel:+15559876543" in out.getvalue()
 
 
 def test_an_empty_journal_replays_to_nothing(tmp_path: Path) -> None:

@@ -225,6 +225,8 @@ def test_secret_fields_are_redacted_at_any_depth() -> None:
             headers={"Authorization": "Basic dXNlcjpwYXNzd29yZA==", "Content-Type": "json"},
             note=f"sent {jwt} with it",
             raw="Authorization: Bearer opaque-token-value",
+            livekit="https://monitor:hunter2@lk.example.com:7880",
+            error="cannot connect to wss://monitor:hunter2@lk.example.com/rtc: refused",
             call_key="SCL_1",
             sip_status_code=401,
         )
@@ -234,6 +236,8 @@ def test_secret_fields_are_redacted_at_any_depth() -> None:
     assert entry["headers"] == {"Authorization": REDACTED, "Content-Type": "json"}
     assert entry["note"] == f"sent {REDACTED} with it"
     assert entry["raw"] == f"Authorization: Bearer {REDACTED}"
+    assert entry["livekit"] == f"https://{REDACTED}@lk.example.com:7880"
+    assert entry["error"] == f"cannot connect to wss://{REDACTED}@lk.example.com/rtc: refused"
     assert entry["call_key"] == "SCL_1"
     assert entry["sip_status_code"] == 401
 
@@ -259,6 +263,26 @@ def test_numbers_in_any_string_field_are_masked_as_a_safety_net() -> None:
     assert entry["obj"] == "Thing(caller=+44******3456)"
     assert entry["call_id"] == "SCL_1234567890"  # a LiveKit id, left as it is
     assert entry["count"] == 15551112222  # numbers are not phone numbers
+
+
+def test_numbers_written_in_groups_are_masked_and_times_and_addresses_are_not() -> None:
+    with capture_logs(processors=[MaskNumbers(NumberMasker())]) as logged:
+        structlog.get_logger().warning(
+            "dial_failed",
+            error="INVITE to sip:+1-555-123-4567@10.0.0.1:5060 failed: 486",
+            detail="caller (555) 867-5309 hung up, then 555.867.5309 rang",
+            room="call-+44 20 7946 0958",
+            started_at="2026-11-26T09:00:00.123Z",
+            remote="127.0.0.1:54321",
+            took="12.345s",
+        )
+    entry = logged[0]
+    assert entry["error"] == "INVITE to sip:+1-***-***-4567@10.0.0.1:5060 failed: 486"
+    assert entry["detail"] == "caller (***) ***-5309 hung up, then ***.***.5309 rang"
+    assert entry["room"] == "call-+44 ** **** 0958"
+    assert entry["started_at"] == "2026-11-26T09:00:00.123Z"
+    assert entry["remote"] == "127.0.0.1:54321"
+    assert entry["took"] == "12.345s"
 
 
 # ---- configure_logging ------------------------------------------------------------------

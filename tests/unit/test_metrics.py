@@ -321,6 +321,7 @@ def test_observer_health_facts_are_counted() -> None:
     metrics.event_processed("webhook", "participant_joined", 0.02)
     metrics.event_processed("room", "attributes_changed", -0.5)  # clocks disagree
     metrics.journal_write_error()
+    metrics.journal_partial_lines(1)
     metrics.reconcile_run(ok=True, seconds=0.3)
     metrics.reconcile_run(ok=False, seconds=2.0)
     metrics.ready(True)
@@ -343,6 +344,7 @@ def test_observer_health_facts_are_counted() -> None:
     assert value(registry, f"{lag}_sum", source="room") == 0
     assert value(registry, f"{lag}_bucket", source="room", le="0.001") == 1
     assert value(registry, "call_monitor_journal_write_errors_total") == 1
+    assert value(registry, "call_monitor_journal_partial_lines_total") == 1
     assert value(registry, "call_monitor_reconcile_runs_total", result="success") == 1
     assert value(registry, "call_monitor_reconcile_runs_total", result="failure") == 1
     assert value(registry, "call_monitor_reconcile_duration_seconds_sum") == pytest.approx(2.3)
