@@ -22,7 +22,7 @@ import structlog
 from livekit import api
 from prometheus_client import CollectorRegistry
 
-from monitor.config import Settings
+from monitor.config import Settings, redacted_url
 from monitor.journal import Header, JournalWriter
 from monitor.machine import CallBook, MachineSettings
 from monitor.metrics import MonitorMetrics
@@ -165,6 +165,8 @@ class Monitor:
             self._journal = JournalWriter(
                 settings.journal_path, header, settings.journal_max_bytes, settings.journal_backups
             )
+            # A last line cut by a crash is set aside now, and counted.
+            self.metrics.journal_partial_lines(self._journal.open())
 
     # ---- intake ---------------------------------------------------------------------
 
@@ -540,7 +542,7 @@ class Monitor:
                 metrics=f"{self.settings.metrics_host}:{self.metrics_port}"
                 if self.settings.metrics_port is not None
                 else "on the http port",
-                livekit=http_url,
+                livekit=redacted_url(http_url),
                 room_mode="whole_call" if self.settings.stays_whole_call else "setup",
                 webhooks=self.settings.webhooks,
             )
