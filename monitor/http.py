@@ -11,7 +11,8 @@
 and secret, with a SIP grant>` (`livekit.api.AccessToken(...).with_sip_grants(
 api.SIPGrants(call=True)).to_jwt()`, what a dialer's own token carries). A signature
 alone is not enough: every room-join token a browser holds is signed with that key.
-Bad requests get a 4xx with a one-line JSON message, and are counted.
+Bad requests get a 4xx with a one-line JSON message (unknown paths and methods too),
+are counted, and are logged at a rate limit with their reason (never the token).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from livekit import api
 
 from monitor.config import ConfigError
+from monitor.logs import LogRateLimiter
 from monitor.model import DialFailed
 from monitor.privacy import NumberMasker
 from monitor.replay import record_summary
@@ -36,7 +40,13 @@ if TYPE_CHECKING:
 
 __all__ = ["build_app", "serve"]
 
+log = structlog.get_logger("call_monitor")
+
 _MONITOR: web.AppKey[Monitor] = web.AppKey("monitor")
+# One `http_request_refused` line per endpoint, status and kind of reason every 10 s:
+# a livekit-server signing with another key shows in the log, a flood does not fill it.
+_REFUSALS_LOGGED: web.AppKey[LogRateLimiter] = web.AppKey("refusals_logged")
+_ENDPOINTS = frozenset({"webhook", "dial", "calls", "metrics", "healthz", "readyz"})
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -49,7 +59,39 @@ def _monitor(request: web.Request) -> Monitor:
 
 def _refuse(request: web.Request, endpoint: str, status: int, message: str) -> web.Response:
     _monitor(request).metrics.bad_request(endpoint, status)
+    # The text before a colon names the kind of reason; what follows may vary per
+    # request (a parser's position), which would make every line a key of its own.
+    kind = message.partition(":")[0]
+    request.app[_REFUSALS_LOGGED].warning(
+        log,
+        "http_request_refused",
+        (endpoint, status, kind),
+        endpoint=endpoint,
+        status=status,
+        reason=message,
+        peer=request.remote,
+    )
     return _error(status, message)
+
+
+def _endpoint_of(request: web.Request) -> str:
+    """The route's name for labels and logs; never the raw path a client chose."""
+    name = request.path.strip("/")
+    return name if name in _ENDPOINTS else "unknown"
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path, method not allowed) as JSON, like ours."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        response = _refuse(request, _endpoint_of(request), error.status, error.reason.lower())
+        if "Allow" in error.headers:
+            response.headers["Allow"] = error.headers["Allow"]
+        return response
 
 
 async def _read_body(request: web.Request, endpoint: str) -> str | web.Response:
@@ -191,8 +233,11 @@ def build_app(
 ) -> web.Application:
     """The app: `observability` routes (/metrics, /readyz) and the `calls_api`
     (/webhook, /dial, /calls); /healthz always."""
-    app = web.Application(client_max_size=monitor.settings.webhook_max_bytes)
+    app = web.Application(
+        client_max_size=monitor.settings.webhook_max_bytes, middlewares=[_json_errors]
+    )
     app[_MONITOR] = monitor
+    app[_REFUSALS_LOGGED] = LogRateLimiter(interval=10.0)
     app.router.add_get("/healthz", healthz)
     if observability:
         app.router.add_get("/metrics", metrics)
