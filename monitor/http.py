@@ -173,24 +173,44 @@ async def webhook(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+def _parse_json(body: str) -> Any:
+    """The body as JSON; a ValueError saying why not for any body (never another error:
+    a body nested a thousand deep makes the parser raise RecursionError)."""
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"body is not JSON: {error.msg}") from None
+    except RecursionError:
+        raise ValueError("body is not JSON: nested too deeply") from None
+    except ValueError as error:  # an integer of more digits than Python converts
+        raise ValueError(f"body is not JSON: {str(error)[:100]}") from None
+
+
+def _text(data: dict[str, Any], name: str, *, required: bool) -> str:
+    value = data.get(name, "")
+    if not isinstance(value, str) or (required and not value):
+        raise ValueError(f"{name} must be a {'non-empty ' if required else ''}string")
+    # JSON can spell a lone surrogate ("\ud800"), which no UTF-8 journal line can hold:
+    # accepted, it would be lost between the answer and the journal.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
 def _dial_event(data: Any, at: float) -> DialFailed:
     if not isinstance(data, dict):
         raise ValueError("body must be a JSON object")
-    room = data.get("room")
-    identity = data.get("participant_identity")
+    room = _text(data, "room", required=True)
+    identity = _text(data, "participant_identity", required=True)
     code = data.get("sip_status_code")
-    if not isinstance(room, str) or not room:
-        raise ValueError("room must be a non-empty string")
-    if not isinstance(identity, str) or not identity:
-        raise ValueError("participant_identity must be a non-empty string")
     if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
         raise ValueError("sip_status_code must be an integer or null")
     if code is not None and not 100 <= code <= 699:
         raise ValueError("sip_status_code must be from 100 to 699")
-    status = data.get("sip_status", "")
-    call_id = data.get("call_id", "")
-    if not isinstance(status, str) or not isinstance(call_id, str):
-        raise ValueError("sip_status and call_id must be strings")
+    status = _text(data, "sip_status", required=False)
+    call_id = _text(data, "call_id", required=False)
     return DialFailed(at, room, identity, code, status[:200], call_id[:100])
 
 
@@ -204,9 +224,7 @@ async def dial(request: web.Request) -> web.Response:
     if isinstance(body, web.Response):
         return body
     try:
-        event = _dial_event(json.loads(body), monitor.clock())
-    except json.JSONDecodeError as error:
-        return _refuse(request, "dial", 400, f"body is not JSON: {error.msg}")
+        event = _dial_event(_parse_json(body), monitor.clock())
     except ValueError as error:
         return _refuse(request, "dial", 400, str(error))
     monitor.submit(event)
