@@ -7,10 +7,11 @@
 - `POST /dial`: the dial-side hook (SIP code of a failed CreateSIPParticipant).
 - `GET /calls`: calls not yet final, numbers masked.
 
-`/dial` and `/calls` need `Authorization: Bearer <JWT signed with the LiveKit API key
-and secret, with a SIP grant>` (`livekit.api.AccessToken(...).with_sip_grants(
-api.SIPGrants(call=True)).to_jwt()`, what a dialer's own token carries). A signature
-alone is not enough: every room-join token a browser holds is signed with that key.
+`/dial` and `/calls` need `Authorization: Bearer <hook token>` (`monitor.hook_token`):
+signed with the LiveKit API key, naming its purpose, minutes of life, no LiveKit grant
+(a leaked one can place no call), and for /dial the body's sha256. A signature alone is
+not enough: every room-join token a browser holds is signed with that key; a token
+with a SIP grant is refused too, since livekit-server would let it dial.
 Bad requests get a 4xx with a one-line JSON message (unknown paths and methods too),
 are counted, and are logged at a rate limit with their reason (never the token).
 """
@@ -26,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from livekit import api
 
 from monitor.config import ConfigError
+from monitor.hook_token import CALLS, DIAL, HookClaims, HookTokenRefused, HookTokenVerifier
 from monitor.logs import LogRateLimiter
 from monitor.model import DialFailed
 from monitor.privacy import NumberMasker
@@ -46,6 +47,7 @@ _MONITOR: web.AppKey[Monitor] = web.AppKey("monitor")
 # One `http_request_refused` line per endpoint, status and kind of reason every 10 s:
 # a livekit-server signing with another key shows in the log, a flood does not fill it.
 _REFUSALS_LOGGED: web.AppKey[LogRateLimiter] = web.AppKey("refusals_logged")
+_HOOK_TOKENS: web.AppKey[HookTokenVerifier] = web.AppKey("hook_tokens")
 _ENDPOINTS = frozenset({"webhook", "dial", "calls", "metrics", "healthz", "readyz"})
 
 
@@ -94,7 +96,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return response
 
 
-async def _read_body(request: web.Request, endpoint: str) -> str | web.Response:
+async def _read_body(request: web.Request, endpoint: str) -> bytes | web.Response:
     limit = _monitor(request).settings.webhook_max_bytes
     if request.content_length is not None and request.content_length > limit:
         return _refuse(request, endpoint, 413, f"body larger than {limit} bytes")
@@ -108,26 +110,22 @@ async def _read_body(request: web.Request, endpoint: str) -> str | web.Response:
         raw += chunk
     if len(raw) > limit:
         return _refuse(request, endpoint, 413, f"body larger than {limit} bytes")
+    return bytes(raw)
+
+
+def _utf8(request: web.Request, endpoint: str, raw: bytes) -> str | web.Response:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return _refuse(request, endpoint, 400, "body is not UTF-8")
 
 
-def _authorized(request: web.Request) -> bool:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        return False
-    settings = _monitor(request).settings
-    verifier = api.TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
+def _hook_claims(request: web.Request, purpose: str) -> HookClaims | web.Response:
+    """The claims of a hook token for `purpose`, or the 401 refusing the request."""
     try:
-        claims = verifier.verify(header.removeprefix("Bearer ").strip())
-    except Exception:  # expired, wrong key, malformed: all are "not authorized"
-        return False
-    # Placing SIP calls (or administering SIP) is what dialers and operators may do;
-    # a participant's room-join token, signed with the same key, may not.
-    sip = claims.sip
-    return sip is not None and (sip.call or sip.admin)
+        return request.app[_HOOK_TOKENS].verify(request.headers.get("Authorization", ""), purpose)
+    except HookTokenRefused as refused:
+        return _refuse(request, purpose, 401, str(refused))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -152,7 +150,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def webhook(request: web.Request) -> web.Response:
     monitor = _monitor(request)
-    body = await _read_body(request, "webhook")
+    raw = await _read_body(request, "webhook")
+    body = raw if isinstance(raw, web.Response) else _utf8(request, "webhook", raw)
     if isinstance(body, web.Response):
         monitor.metrics.webhook_request("too_large" if body.status == 413 else "bad_request")
         return body
@@ -216,11 +215,17 @@ def _dial_event(data: Any, at: float) -> DialFailed:
 
 async def dial(request: web.Request) -> web.Response:
     monitor = _monitor(request)
-    if not _authorized(request):
-        return _refuse(
-            request, "dial", 401, "a Bearer token signed with the LiveKit API key is required"
-        )
-    body = await _read_body(request, "dial")
+    claims = _hook_claims(request, DIAL)
+    if isinstance(claims, web.Response):
+        return claims
+    raw = await _read_body(request, "dial")
+    if isinstance(raw, web.Response):
+        return raw
+    try:
+        claims.check_body(raw)
+    except HookTokenRefused as refused:
+        return _refuse(request, "dial", 401, str(refused))
+    body = _utf8(request, "dial", raw)
     if isinstance(body, web.Response):
         return body
     try:
@@ -233,10 +238,9 @@ async def dial(request: web.Request) -> web.Response:
 
 async def calls(request: web.Request) -> web.Response:
     monitor = _monitor(request)
-    if not _authorized(request):
-        return _refuse(
-            request, "calls", 401, "a Bearer token signed with the LiveKit API key is required"
-        )
+    claims = _hook_claims(request, CALLS)
+    if isinstance(claims, web.Response):
+        return claims
     masker = NumberMasker(monitor.settings.mask_numbers, monitor.settings.mask_keep_digits)
     listed = []
     for record in monitor.live_calls():
@@ -256,6 +260,8 @@ def build_app(
     )
     app[_MONITOR] = monitor
     app[_REFUSALS_LOGGED] = LogRateLimiter(interval=10.0)
+    settings = monitor.settings
+    app[_HOOK_TOKENS] = HookTokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
     app.router.add_get("/healthz", healthz)
     if observability:
         app.router.add_get("/metrics", metrics)

@@ -17,12 +17,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from monitor.config import load_settings
+from monitor.hook_token import DIAL
 from monitor.http import serve
 from monitor.journal import decode_line, encode_event
 from monitor.machine import CallBook
 from monitor.model import DialFailed, Event
 from monitor.service import Monitor
-from tests.unit.test_http import KEY, SECRET, bearer
+from tests.unit.test_http import KEY, SECRET, hook_headers
 
 T = TypeVar("T")
 
@@ -68,7 +69,7 @@ class ServedMonitor:
     def post_dial(self, body: bytes) -> tuple[int, bytes]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            headers = {**bearer(), "Content-Type": "application/json"}
+            headers = {**hook_headers(DIAL, body), "Content-Type": "application/json"}
             connection.request("POST", "/dial", body=body, headers=headers)
             response = connection.getresponse()
             return response.status, response.read()
