@@ -18,6 +18,7 @@ are counted, and are logged at a rate limit with their reason (never the token).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -30,6 +31,13 @@ from aiohttp.typedefs import Handler
 
 from monitor.config import ConfigError
 from monitor.hook_token import CALLS, DIAL, HookClaims, HookTokenRefused, HookTokenVerifier
+from monitor.http_limits import (
+    CappedSite,
+    ConnectionCap,
+    file_limit_share,
+    handler_settings,
+    listening_socket,
+)
 from monitor.logs import LogRateLimiter
 from monitor.model import DialFailed
 from monitor.privacy import NumberMasker
@@ -48,6 +56,7 @@ _MONITOR: web.AppKey[Monitor] = web.AppKey("monitor")
 # a livekit-server signing with another key shows in the log, a flood does not fill it.
 _REFUSALS_LOGGED: web.AppKey[LogRateLimiter] = web.AppKey("refusals_logged")
 _HOOK_TOKENS: web.AppKey[HookTokenVerifier] = web.AppKey("hook_tokens")
+_CONNECTION_CAP: web.AppKey[ConnectionCap] = web.AppKey("connection_cap")
 _ENDPOINTS = frozenset({"webhook", "dial", "calls", "metrics", "healthz", "readyz"})
 
 
@@ -96,10 +105,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return response
 
 
-async def _read_body(request: web.Request, endpoint: str) -> bytes | web.Response:
-    limit = _monitor(request).settings.webhook_max_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return _refuse(request, endpoint, 413, f"body larger than {limit} bytes")
+async def _read_at_most(request: web.Request, limit: int) -> bytearray:
+    """The body, or its first limit + 1 bytes when it is longer."""
     # read(n) returns what has arrived so far, not n bytes: read until the end. A body
     # in several TCP segments is ordinary off loopback.
     raw = bytearray()
@@ -108,6 +115,20 @@ async def _read_body(request: web.Request, endpoint: str) -> bytes | web.Respons
         if not chunk:
             break
         raw += chunk
+    return raw
+
+
+async def _read_body(request: web.Request, endpoint: str) -> bytes | web.Response:
+    settings = _monitor(request).settings
+    limit = settings.webhook_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _refuse(request, endpoint, 413, f"body larger than {limit} bytes")
+    try:
+        async with asyncio.timeout(settings.http_body_timeout_seconds):
+            raw = await _read_at_most(request, limit)
+    except TimeoutError:
+        seconds = settings.http_body_timeout_seconds
+        return _refuse(request, endpoint, 408, f"body not received within {seconds:g} s")
     if len(raw) > limit:
         return _refuse(request, endpoint, 413, f"body larger than {limit} bytes")
     return bytes(raw)
@@ -148,21 +169,31 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+def _refuse_webhook(request: web.Request, rejected: WebhookRejected) -> web.Response:
+    _monitor(request).metrics.webhook_request(rejected.result)
+    status = 401 if rejected.result == "unauthorized" else 400
+    return _refuse(request, "webhook", status, str(rejected))
+
+
+_WEBHOOK_RESULT_OF_STATUS = {408: "timeout", 413: "too_large"}
+
+
 async def webhook(request: web.Request) -> web.Response:
     monitor = _monitor(request)
-    raw = await _read_body(request, "webhook")
-    body = raw if isinstance(raw, web.Response) else _utf8(request, "webhook", raw)
-    if isinstance(body, web.Response):
-        monitor.metrics.webhook_request("too_large" if body.status == 413 else "bad_request")
-        return body
+    # The token first, from the headers: a client that cannot sign with our key never
+    # gets its body read (up to webhook_max_bytes each).
     try:
-        events = monitor.webhooks.receive(
-            body, request.headers.get("Authorization", ""), monitor.clock()
-        )
+        sha256 = monitor.webhooks.authenticate(request.headers.get("Authorization", ""))
     except WebhookRejected as rejected:
-        monitor.metrics.webhook_request(rejected.result)
-        status = 401 if rejected.result == "unauthorized" else 400
-        return _refuse(request, "webhook", status, str(rejected))
+        return _refuse_webhook(request, rejected)
+    raw = await _read_body(request, "webhook")
+    if isinstance(raw, web.Response):
+        monitor.metrics.webhook_request(_WEBHOOK_RESULT_OF_STATUS.get(raw.status, "bad_request"))
+        return raw
+    try:
+        events = monitor.webhooks.events(raw, sha256, monitor.clock())
+    except WebhookRejected as rejected:
+        return _refuse_webhook(request, rejected)
     for event in events:
         monitor.submit(event)
     monitor.metrics.webhook_request("ok" if events else "ignored")
@@ -255,12 +286,14 @@ def build_app(
 ) -> web.Application:
     """The app: `observability` routes (/metrics, /readyz) and the `calls_api`
     (/webhook, /dial, /calls); /healthz always."""
+    settings = monitor.settings
+    cap = ConnectionCap(file_limit_share(settings.http_max_connections))
     app = web.Application(
-        client_max_size=monitor.settings.webhook_max_bytes, middlewares=[_json_errors]
+        client_max_size=settings.webhook_max_bytes, middlewares=[cap.middleware, _json_errors]
     )
     app[_MONITOR] = monitor
+    app[_CONNECTION_CAP] = cap
     app[_REFUSALS_LOGGED] = LogRateLimiter(interval=10.0)
-    settings = monitor.settings
     app[_HOOK_TOKENS] = HookTokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
     app.router.add_get("/healthz", healthz)
     if observability:
@@ -275,14 +308,18 @@ def build_app(
 
 @asynccontextmanager
 async def _listening(app: web.Application, host: str, port: int) -> AsyncIterator[int]:
-    runner = web.AppRunner(app, access_log=None)
+    settings = app[_MONITOR].settings
+    runner = web.AppRunner(
+        app, access_log=None, **handler_settings(settings.http_idle_timeout_seconds)
+    )
     await runner.setup()
     try:
         try:
-            await web.TCPSite(runner, host, port).start()
+            sock = listening_socket(host, port)
         except OSError as error:  # in use, or an address this host does not have
             why = os.strerror(error.errno) if error.errno else str(error)
             raise ConfigError(f"cannot listen on {host}:{port}: {why}") from None
+        await CappedSite(runner, sock, app[_CONNECTION_CAP]).start()
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()

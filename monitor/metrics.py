@@ -121,6 +121,7 @@ WEBHOOK_RESULTS: Final[tuple[str, ...]] = (
     "unauthorized",
     "bad_request",
     "too_large",
+    "timeout",
     "ignored",
     "error",
 )

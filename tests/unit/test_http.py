@@ -55,8 +55,9 @@ async def served() -> AsyncIterator[tuple[Monitor, Client]]:
         await client.close()
 
 
-def signed(body: str, secret: str = SECRET) -> str:
-    digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+def signed(body: str | bytes, secret: str = SECRET) -> str:
+    raw = body.encode() if isinstance(body, str) else body
+    digest = base64.b64encode(hashlib.sha256(raw).digest()).decode()
     return api.AccessToken(KEY, secret).with_sha256(digest).to_jwt()
 
 
@@ -228,8 +229,9 @@ async def test_malformed_and_oversized_webhooks(served: tuple[Monitor, Client]) 
     response = await client.post("/webhook", data=big, headers={"Authorization": signed(big)})
     assert response.status == 413
     raw = b"\xff\xfe"
-    response = await client.post("/webhook", data=raw, headers={"Authorization": "x"})
+    response = await client.post("/webhook", data=raw, headers={"Authorization": signed(raw)})
     assert response.status == 400
+    assert (await response.json())["error"] == "body is not UTF-8"
     assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "bad_request"}) == 2
     assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "too_large"}) == 1
     assert queued(monitor) == []
