@@ -54,6 +54,7 @@ from bench.procfs import (
 )
 from bench.profile import record, summarize_collapsed
 from bench.scrape import Exposition, Scraper
+from monitor.hook_token import CALLS, mint_hook_token
 from stack import Stack, StackConfig
 from stack.config import free_port
 from stack.ledger import parse_time
@@ -477,11 +478,6 @@ class _Cell:
             self._env(), self.port, self.stack.logs_dir / "monitor-2.jsonl"
         )
         self.monitor.start()
-        token = (  # /calls takes a token with a SIP grant, as an operator's
-            api.AccessToken(self.stack.api_key, self.stack.api_secret)
-            .with_sip_grants(api.SIPGrants(admin=True))
-            .to_jwt()
-        )
         ready_at: float | None = None
         covered_at: float | None = None
         gauge_at: float | None = None
@@ -500,6 +496,8 @@ class _Cell:
                 for c in sim_calls
                 if c.get("participant_sid") and (parse_time(c.get("t_start")) or now) < t_restart
             }
+            # /calls takes the hook's own read-only token, minutes of life: one per poll.
+            token = mint_hook_token(self.stack.api_key, self.stack.api_secret, CALLS)
             known = await asyncio.to_thread(_monitor_calls, self.monitor.url, token)
             if known is None:
                 continue

@@ -270,7 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.sleep(0.5)
             print_summary(truth, monitor_counts(port), journal)
             print()
-            say(f"metrics: {monitor_url}/metrics   calls: {monitor_url}/calls (needs a token)")
+            say(
+                f"metrics: {monitor_url}/metrics   calls: {monitor_url}/calls "
+                "(token: uv run call-monitor calls-token)"
+            )
             if args.keep_running:
                 say("the stack and the monitor keep running; Ctrl-C stops them")
                 with contextlib.suppress(KeyboardInterrupt):

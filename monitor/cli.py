@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monitor.config import SETTINGS, ConfigError, Settings, describe, load_settings
+from monitor.hook_token import CALLS, MAX_LIFETIME_SECONDS, mint_hook_token
 from monitor.journal import Header, JournalWriter
 from monitor.machine import MachineSettings
 from monitor.privacy import NumberMasker
@@ -22,6 +23,13 @@ from monitor.replay import print_replay, replay
 __all__ = ["main"]
 
 PROG = "call-monitor"
+
+
+def _lifetime(value: str) -> int:
+    seconds = int(value) if value.isdigit() else 0
+    if not 1 <= seconds <= MAX_LIFETIME_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_LIFETIME_SECONDS} seconds")
+    return seconds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--json", action="store_true", help="one JSON record per ended call")
     replay_cmd.add_argument(
         "--show-numbers", action="store_true", help="print phone numbers unmasked"
+    )
+
+    token_cmd = commands.add_parser(
+        "calls-token",
+        help="print a read-only token for GET /calls (LIVEKIT_API_KEY and LIVEKIT_API_SECRET)",
+    )
+    token_cmd.add_argument(
+        "--lifetime",
+        type=_lifetime,
+        default=120,
+        metavar="SECONDS",
+        help=f"how long it is valid, at most {MAX_LIFETIME_SECONDS} s (default 120)",
     )
 
     run_cmd = commands.add_parser(
@@ -65,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "replay":
             return _replay(args)
+        if args.command == "calls-token":
+            return _calls_token(args)
         settings = load_settings(_flags(args))
     except ConfigError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
@@ -130,6 +152,15 @@ def _why(error: OSError, path: Path) -> str:
     if error.strerror is None:  # raised by the writer with a message of its own
         return str(error).removeprefix(f"{path} ")
     return error.strerror
+
+
+def _calls_token(args: argparse.Namespace) -> int:
+    settings = load_settings(required=False)
+    if not settings.livekit_api_key or not settings.livekit_api_secret:
+        raise ConfigError("calls-token: LIVEKIT_API_KEY and LIVEKIT_API_SECRET must be set")
+    key, secret = settings.livekit_api_key, settings.livekit_api_secret
+    print(mint_hook_token(key, secret, CALLS, lifetime_seconds=args.lifetime))
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:

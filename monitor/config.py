@@ -285,6 +285,29 @@ SETTINGS: tuple[Setting, ...] = (
         "larger webhook and dial-hook bodies are refused with 413",
     ),
     Setting(
+        "http_max_connections",
+        "CALL_MONITOR_HTTP_MAX_CONNECTIONS",
+        _bounded_int(16, 1_000_000),
+        "512",
+        "connections a listener keeps open (at most half the file limit); past it the "
+        "oldest one not being served is closed",
+    ),
+    Setting(
+        "http_idle_timeout_seconds",
+        "CALL_MONITOR_HTTP_IDLE_TIMEOUT_SECONDS",
+        _bounded_float(1, 3600),
+        "15",
+        "close a connection that has sent no whole request headers for this long, from "
+        "its start or its last response",
+    ),
+    Setting(
+        "http_body_timeout_seconds",
+        "CALL_MONITOR_HTTP_BODY_TIMEOUT_SECONDS",
+        _bounded_float(0.5, 600),
+        "10",
+        "a webhook or dial-hook body not received whole within this long is refused with 408",
+    ),
+    Setting(
         "journal_path",
         "CALL_MONITOR_JOURNAL",
         _path,
@@ -363,6 +386,9 @@ class Settings:
     observer_recycle_joins: int
     reconcile_seconds: float
     webhook_max_bytes: int
+    http_max_connections: int
+    http_idle_timeout_seconds: float
+    http_body_timeout_seconds: float
     journal_path: Path | None
     journal_max_bytes: int
     journal_backups: int

@@ -7,6 +7,11 @@ dial fails, sends the code to the monitor's `/dial` endpoint so the call's outco
 say busy, declined or not found. The monitor being down never breaks a dial: the report
 is best effort, bounded by a short timeout, and the original error is re-raised.
 
+Each report carries a token of its own (`monitor.hook_token`): signed with the API key,
+bound to the report's body, valid two minutes, and granting nothing on livekit-server,
+so one seen on the wire cannot place a call: it can only repeat its own report for two
+minutes. Keep the monitor on a private network or behind TLS all the same.
+
     from monitor.dial import create_sip_participant
     await create_sip_participant(lkapi, request, monitor_url="http://monitor:9469",
                                  api_key=KEY, api_secret=SECRET)
@@ -14,11 +19,14 @@ is best effort, bounded by a short timeout, and the original error is re-raised.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import aiohttp
 from livekit import api
 from livekit.protocol.sip import CreateSIPParticipantRequest, SIPParticipantInfo
+
+from monitor.hook_token import DIAL, mint_hook_token
 
 __all__ = ["create_sip_participant", "report_dial_failure"]
 
@@ -40,25 +48,23 @@ async def report_dial_failure(
     session: aiohttp.ClientSession | None = None,
 ) -> bool:
     """POST one dial failure to the monitor; True if it was accepted."""
-    token = (
-        api.AccessToken(api_key, api_secret)
-        .with_identity("call-monitor-dial-hook")
-        .with_sip_grants(api.SIPGrants(call=True))
-        .to_jwt()
-    )
-    body = {
-        "room": room,
-        "participant_identity": participant_identity,
-        "sip_status_code": sip_status_code,
-        "sip_status": sip_status,
-    }
+    body = json.dumps(
+        {
+            "room": room,
+            "participant_identity": participant_identity,
+            "sip_status_code": sip_status_code,
+            "sip_status": sip_status,
+        }
+    ).encode()
+    # Bound to this body, minutes of life, no LiveKit grant: a leaked one places no call.
+    token = mint_hook_token(api_key, api_secret, DIAL, body)
     own = session is None
     client = session or aiohttp.ClientSession()
     try:
         async with client.post(
             monitor_url.rstrip("/") + "/dial",
-            json=body,
-            headers={"Authorization": f"Bearer {token}"},
+            data=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=report_timeout),
         ) as response:
             return response.status == 202

@@ -7,25 +7,38 @@
 - `POST /dial`: the dial-side hook (SIP code of a failed CreateSIPParticipant).
 - `GET /calls`: calls not yet final, numbers masked.
 
-`/dial` and `/calls` need `Authorization: Bearer <JWT signed with the LiveKit API key
-and secret, with a SIP grant>` (`livekit.api.AccessToken(...).with_sip_grants(
-api.SIPGrants(call=True)).to_jwt()`, what a dialer's own token carries). A signature
-alone is not enough: every room-join token a browser holds is signed with that key.
-Bad requests get a 4xx with a one-line JSON message, and are counted.
+`/dial` and `/calls` need `Authorization: Bearer <hook token>` (`monitor.hook_token`):
+signed with the LiveKit API key, naming its purpose, minutes of life, no LiveKit grant
+(a leaked one can place no call), and for /dial the body's sha256. A signature alone is
+not enough: every room-join token a browser holds is signed with that key; a token
+with a SIP grant is refused too, since livekit-server would let it dial.
+Bad requests get a 4xx with a one-line JSON message (unknown paths and methods too),
+are counted, and are logged at a rate limit with their reason (never the token).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import web
-from livekit import api
+from aiohttp.typedefs import Handler
 
 from monitor.config import ConfigError
+from monitor.hook_token import CALLS, DIAL, HookClaims, HookTokenRefused, HookTokenVerifier
+from monitor.http_limits import (
+    CappedSite,
+    ConnectionCap,
+    file_limit_share,
+    handler_settings,
+    listening_socket,
+)
+from monitor.logs import LogRateLimiter
 from monitor.model import DialFailed
 from monitor.privacy import NumberMasker
 from monitor.replay import record_summary
@@ -36,7 +49,15 @@ if TYPE_CHECKING:
 
 __all__ = ["build_app", "serve"]
 
+log = structlog.get_logger("call_monitor")
+
 _MONITOR: web.AppKey[Monitor] = web.AppKey("monitor")
+# One `http_request_refused` line per endpoint, status and kind of reason every 10 s:
+# a livekit-server signing with another key shows in the log, a flood does not fill it.
+_REFUSALS_LOGGED: web.AppKey[LogRateLimiter] = web.AppKey("refusals_logged")
+_HOOK_TOKENS: web.AppKey[HookTokenVerifier] = web.AppKey("hook_tokens")
+_CONNECTION_CAP: web.AppKey[ConnectionCap] = web.AppKey("connection_cap")
+_ENDPOINTS = frozenset({"webhook", "dial", "calls", "metrics", "healthz", "readyz"})
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -49,13 +70,43 @@ def _monitor(request: web.Request) -> Monitor:
 
 def _refuse(request: web.Request, endpoint: str, status: int, message: str) -> web.Response:
     _monitor(request).metrics.bad_request(endpoint, status)
+    # The text before a colon names the kind of reason; what follows may vary per
+    # request (a parser's position), which would make every line a key of its own.
+    kind = message.partition(":")[0]
+    request.app[_REFUSALS_LOGGED].warning(
+        log,
+        "http_request_refused",
+        (endpoint, status, kind),
+        endpoint=endpoint,
+        status=status,
+        reason=message,
+        peer=request.remote,
+    )
     return _error(status, message)
 
 
-async def _read_body(request: web.Request, endpoint: str) -> str | web.Response:
-    limit = _monitor(request).settings.webhook_max_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return _refuse(request, endpoint, 413, f"body larger than {limit} bytes")
+def _endpoint_of(request: web.Request) -> str:
+    """The route's name for labels and logs; never the raw path a client chose."""
+    name = request.path.strip("/")
+    return name if name in _ENDPOINTS else "unknown"
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path, method not allowed) as JSON, like ours."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        response = _refuse(request, _endpoint_of(request), error.status, error.reason.lower())
+        if "Allow" in error.headers:
+            response.headers["Allow"] = error.headers["Allow"]
+        return response
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytearray:
+    """The body, or its first limit + 1 bytes when it is longer."""
     # read(n) returns what has arrived so far, not n bytes: read until the end. A body
     # in several TCP segments is ordinary off loopback.
     raw = bytearray()
@@ -64,28 +115,38 @@ async def _read_body(request: web.Request, endpoint: str) -> str | web.Response:
         if not chunk:
             break
         raw += chunk
+    return raw
+
+
+async def _read_body(request: web.Request, endpoint: str) -> bytes | web.Response:
+    settings = _monitor(request).settings
+    limit = settings.webhook_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _refuse(request, endpoint, 413, f"body larger than {limit} bytes")
+    try:
+        async with asyncio.timeout(settings.http_body_timeout_seconds):
+            raw = await _read_at_most(request, limit)
+    except TimeoutError:
+        seconds = settings.http_body_timeout_seconds
+        return _refuse(request, endpoint, 408, f"body not received within {seconds:g} s")
     if len(raw) > limit:
         return _refuse(request, endpoint, 413, f"body larger than {limit} bytes")
+    return bytes(raw)
+
+
+def _utf8(request: web.Request, endpoint: str, raw: bytes) -> str | web.Response:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return _refuse(request, endpoint, 400, "body is not UTF-8")
 
 
-def _authorized(request: web.Request) -> bool:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        return False
-    settings = _monitor(request).settings
-    verifier = api.TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
+def _hook_claims(request: web.Request, purpose: str) -> HookClaims | web.Response:
+    """The claims of a hook token for `purpose`, or the 401 refusing the request."""
     try:
-        claims = verifier.verify(header.removeprefix("Bearer ").strip())
-    except Exception:  # expired, wrong key, malformed: all are "not authorized"
-        return False
-    # Placing SIP calls (or administering SIP) is what dialers and operators may do;
-    # a participant's room-join token, signed with the same key, may not.
-    sip = claims.sip
-    return sip is not None and (sip.call or sip.admin)
+        return request.app[_HOOK_TOKENS].verify(request.headers.get("Authorization", ""), purpose)
+    except HookTokenRefused as refused:
+        return _refuse(request, purpose, 401, str(refused))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -108,20 +169,31 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+def _refuse_webhook(request: web.Request, rejected: WebhookRejected) -> web.Response:
+    _monitor(request).metrics.webhook_request(rejected.result)
+    status = 401 if rejected.result == "unauthorized" else 400
+    return _refuse(request, "webhook", status, str(rejected))
+
+
+_WEBHOOK_RESULT_OF_STATUS = {408: "timeout", 413: "too_large"}
+
+
 async def webhook(request: web.Request) -> web.Response:
     monitor = _monitor(request)
-    body = await _read_body(request, "webhook")
-    if isinstance(body, web.Response):
-        monitor.metrics.webhook_request("too_large" if body.status == 413 else "bad_request")
-        return body
+    # The token first, from the headers: a client that cannot sign with our key never
+    # gets its body read (up to webhook_max_bytes each).
     try:
-        events = monitor.webhooks.receive(
-            body, request.headers.get("Authorization", ""), monitor.clock()
-        )
+        sha256 = monitor.webhooks.authenticate(request.headers.get("Authorization", ""))
     except WebhookRejected as rejected:
-        monitor.metrics.webhook_request(rejected.result)
-        status = 401 if rejected.result == "unauthorized" else 400
-        return _refuse(request, "webhook", status, str(rejected))
+        return _refuse_webhook(request, rejected)
+    raw = await _read_body(request, "webhook")
+    if isinstance(raw, web.Response):
+        monitor.metrics.webhook_request(_WEBHOOK_RESULT_OF_STATUS.get(raw.status, "bad_request"))
+        return raw
+    try:
+        events = monitor.webhooks.events(raw, sha256, monitor.clock())
+    except WebhookRejected as rejected:
+        return _refuse_webhook(request, rejected)
     for event in events:
         monitor.submit(event)
     monitor.metrics.webhook_request("ok" if events else "ignored")
@@ -131,40 +203,64 @@ async def webhook(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+def _parse_json(body: str) -> Any:
+    """The body as JSON; a ValueError saying why not for any body (never another error:
+    a body nested a thousand deep makes the parser raise RecursionError)."""
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"body is not JSON: {error.msg}") from None
+    except RecursionError:
+        raise ValueError("body is not JSON: nested too deeply") from None
+    except ValueError as error:  # an integer of more digits than Python converts
+        raise ValueError(f"body is not JSON: {str(error)[:100]}") from None
+
+
+def _text(data: dict[str, Any], name: str, *, required: bool) -> str:
+    value = data.get(name, "")
+    if not isinstance(value, str) or (required and not value):
+        raise ValueError(f"{name} must be a {'non-empty ' if required else ''}string")
+    # JSON can spell a lone surrogate ("\ud800"), which no UTF-8 journal line can hold:
+    # accepted, it would be lost between the answer and the journal.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
 def _dial_event(data: Any, at: float) -> DialFailed:
     if not isinstance(data, dict):
         raise ValueError("body must be a JSON object")
-    room = data.get("room")
-    identity = data.get("participant_identity")
+    room = _text(data, "room", required=True)
+    identity = _text(data, "participant_identity", required=True)
     code = data.get("sip_status_code")
-    if not isinstance(room, str) or not room:
-        raise ValueError("room must be a non-empty string")
-    if not isinstance(identity, str) or not identity:
-        raise ValueError("participant_identity must be a non-empty string")
     if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
         raise ValueError("sip_status_code must be an integer or null")
     if code is not None and not 100 <= code <= 699:
         raise ValueError("sip_status_code must be from 100 to 699")
-    status = data.get("sip_status", "")
-    call_id = data.get("call_id", "")
-    if not isinstance(status, str) or not isinstance(call_id, str):
-        raise ValueError("sip_status and call_id must be strings")
+    status = _text(data, "sip_status", required=False)
+    call_id = _text(data, "call_id", required=False)
     return DialFailed(at, room, identity, code, status[:200], call_id[:100])
 
 
 async def dial(request: web.Request) -> web.Response:
     monitor = _monitor(request)
-    if not _authorized(request):
-        return _refuse(
-            request, "dial", 401, "a Bearer token signed with the LiveKit API key is required"
-        )
-    body = await _read_body(request, "dial")
+    claims = _hook_claims(request, DIAL)
+    if isinstance(claims, web.Response):
+        return claims
+    raw = await _read_body(request, "dial")
+    if isinstance(raw, web.Response):
+        return raw
+    try:
+        claims.check_body(raw)
+    except HookTokenRefused as refused:
+        return _refuse(request, "dial", 401, str(refused))
+    body = _utf8(request, "dial", raw)
     if isinstance(body, web.Response):
         return body
     try:
-        event = _dial_event(json.loads(body), monitor.clock())
-    except json.JSONDecodeError as error:
-        return _refuse(request, "dial", 400, f"body is not JSON: {error.msg}")
+        event = _dial_event(_parse_json(body), monitor.clock())
     except ValueError as error:
         return _refuse(request, "dial", 400, str(error))
     monitor.submit(event)
@@ -173,10 +269,9 @@ async def dial(request: web.Request) -> web.Response:
 
 async def calls(request: web.Request) -> web.Response:
     monitor = _monitor(request)
-    if not _authorized(request):
-        return _refuse(
-            request, "calls", 401, "a Bearer token signed with the LiveKit API key is required"
-        )
+    claims = _hook_claims(request, CALLS)
+    if isinstance(claims, web.Response):
+        return claims
     masker = NumberMasker(monitor.settings.mask_numbers, monitor.settings.mask_keep_digits)
     listed = []
     for record in monitor.live_calls():
@@ -191,8 +286,15 @@ def build_app(
 ) -> web.Application:
     """The app: `observability` routes (/metrics, /readyz) and the `calls_api`
     (/webhook, /dial, /calls); /healthz always."""
-    app = web.Application(client_max_size=monitor.settings.webhook_max_bytes)
+    settings = monitor.settings
+    cap = ConnectionCap(file_limit_share(settings.http_max_connections))
+    app = web.Application(
+        client_max_size=settings.webhook_max_bytes, middlewares=[cap.middleware, _json_errors]
+    )
     app[_MONITOR] = monitor
+    app[_CONNECTION_CAP] = cap
+    app[_REFUSALS_LOGGED] = LogRateLimiter(interval=10.0)
+    app[_HOOK_TOKENS] = HookTokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
     app.router.add_get("/healthz", healthz)
     if observability:
         app.router.add_get("/metrics", metrics)
@@ -206,14 +308,18 @@ def build_app(
 
 @asynccontextmanager
 async def _listening(app: web.Application, host: str, port: int) -> AsyncIterator[int]:
-    runner = web.AppRunner(app, access_log=None)
+    settings = app[_MONITOR].settings
+    runner = web.AppRunner(
+        app, access_log=None, **handler_settings(settings.http_idle_timeout_seconds)
+    )
     await runner.setup()
     try:
         try:
-            await web.TCPSite(runner, host, port).start()
+            sock = listening_socket(host, port)
         except OSError as error:  # in use, or an address this host does not have
             why = os.strerror(error.errno) if error.errno else str(error)
             raise ConfigError(f"cannot listen on {host}:{port}: {why}") from None
+        await CappedSite(runner, sock, app[_CONNECTION_CAP]).start()
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()

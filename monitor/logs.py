@@ -20,7 +20,7 @@ import re
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
@@ -45,6 +45,7 @@ __all__ = [
     "REDACTED",
     "AddInstance",
     "CallLog",
+    "LogRateLimiter",
     "MaskNumbers",
     "add_timestamp",
     "configure_logging",
@@ -388,3 +389,45 @@ class CallLog:
             "ended_at": None if timings.ended_at is None else iso_time(timings.ended_at),
             "sources": sorted(str(source) for source in call.sources),
         }
+
+
+# ---- rate limits for repeated warnings ---------------------------------------------------
+
+
+class LogRateLimiter:
+    """One log line per key per `interval` seconds; the rest are counted, not written.
+
+    `admit(key)` is None when the line is to be dropped, else how many lines of that key
+    were dropped since the last one written (the `suppressed` field of the next line).
+    At most `max_keys` keys are remembered, the least recently seen forgotten first, so
+    an attacker varying a key costs memory only up to that bound.
+    """
+
+    def __init__(
+        self,
+        interval: float = 10.0,
+        max_keys: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._clock = clock
+        # key: (when its last line was written, lines dropped since)
+        self._keys: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
+
+    def admit(self, key: Hashable) -> int | None:
+        now = self._clock()
+        last = self._keys.pop(key, None)
+        if last is not None and now - last[0] < self.interval:
+            self._keys[key] = (last[0], last[1] + 1)
+            return None
+        self._keys[key] = (now, 0)
+        if len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+        return 0 if last is None else last[1]
+
+    def warning(self, log: FilteringBoundLogger, event: str, key: Hashable, **fields: Any) -> None:
+        """`log.warning(event, suppressed=k, **fields)` unless the limit drops it."""
+        suppressed = self.admit((event, key))
+        if suppressed is not None:
+            log.warning(event, suppressed=suppressed, **fields)

@@ -123,6 +123,7 @@ WEBHOOK_RESULTS: Final[tuple[str, ...]] = (
     "unauthorized",
     "bad_request",
     "too_large",
+    "timeout",
     "ignored",
     "error",
 )

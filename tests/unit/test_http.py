@@ -24,6 +24,7 @@ from livekit.protocol import models, webhook
 
 from monitor.config import load_settings
 from monitor.dial import report_dial_failure
+from monitor.hook_token import CALLS, DIAL, mint_hook_token
 from monitor.http import build_app
 from monitor.model import DialFailed, Event, ParticipantLeft, ParticipantSeen, Reason, RoomEnded
 from monitor.service import Monitor
@@ -54,15 +55,33 @@ async def served() -> AsyncIterator[tuple[Monitor, Client]]:
         await client.close()
 
 
-def signed(body: str, secret: str = SECRET) -> str:
-    digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+def signed(body: str | bytes, secret: str = SECRET) -> str:
+    raw = body.encode() if isinstance(body, str) else body
+    digest = base64.b64encode(hashlib.sha256(raw).digest()).decode()
     return api.AccessToken(KEY, secret).with_sha256(digest).to_jwt()
 
 
 def bearer(secret: str = SECRET, sip: api.SIPGrants | None = None) -> dict[str, str]:
-    """A dialer's token: signed with the key, with the grant to place SIP calls."""
+    """A dialer's own token: signed with the key, with the grant to place SIP calls
+    (which the hook refuses: livekit-server would let a leaked one dial)."""
     token = api.AccessToken(KEY, secret).with_sip_grants(sip or api.SIPGrants(call=True))
     return {"Authorization": "Bearer " + token.to_jwt()}
+
+
+def hook_headers(purpose: str, body: bytes | None = None, secret: str = SECRET) -> dict[str, str]:
+    """The hook's own credential for `purpose` (bound to `body` for /dial)."""
+    return {"Authorization": "Bearer " + mint_hook_token(KEY, secret, purpose, body)}
+
+
+async def post_dial(
+    client: Client, payload: object, headers: dict[str, str] | None = None
+) -> aiohttp.ClientResponse:
+    """POST `payload` (bytes as they are, anything else as JSON) to /dial, with a hook
+    token for exactly that body unless `headers` says otherwise."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    if headers is None:
+        headers = hook_headers(DIAL, body)
+    return await client.post("/dial", data=body, headers=headers)
 
 
 def room_join_token() -> dict[str, str]:
@@ -210,8 +229,9 @@ async def test_malformed_and_oversized_webhooks(served: tuple[Monitor, Client]) 
     response = await client.post("/webhook", data=big, headers={"Authorization": signed(big)})
     assert response.status == 413
     raw = b"\xff\xfe"
-    response = await client.post("/webhook", data=raw, headers={"Authorization": "x"})
+    response = await client.post("/webhook", data=raw, headers={"Authorization": signed(raw)})
     assert response.status == 400
+    assert (await response.json())["error"] == "body is not UTF-8"
     assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "bad_request"}) == 2
     assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "too_large"}) == 1
     assert queued(monitor) == []
@@ -222,9 +242,10 @@ async def test_dial_hook_needs_our_token_and_a_valid_body(
 ) -> None:
     monitor, client = served
     good = {"room": "call-b", "participant_identity": "callee", "sip_status_code": 486}
-    assert (await client.post("/dial", json=good)).status == 401
-    assert (await client.post("/dial", json=good, headers=bearer("x" * 40))).status == 401
-    assert (await client.post("/dial", json=good, headers=room_join_token())).status == 401
+    assert (await post_dial(client, good, {})).status == 401
+    wrong_key = hook_headers(DIAL, json.dumps(good).encode(), "x" * 40)
+    assert (await post_dial(client, good, wrong_key)).status == 401
+    assert (await post_dial(client, good, room_join_token())).status == 401
     bad_bodies: list[object] = [
         [],
         {"participant_identity": "callee"},
@@ -235,12 +256,12 @@ async def test_dial_hook_needs_our_token_and_a_valid_body(
         {"room": "r", "participant_identity": "c", "sip_status": 5},
     ]
     for bad in bad_bodies:
-        response = await client.post("/dial", json=bad, headers=bearer())
+        response = await post_dial(client, bad)
         assert response.status == 400, bad
-    response = await client.post("/dial", data="{", headers=bearer())
+    response = await post_dial(client, b"{")
     assert response.status == 400
     assert queued(monitor) == []
-    response = await client.post("/dial", json=good, headers=bearer())
+    response = await post_dial(client, good)
     assert response.status == 202
     [event] = queued(monitor)
     assert isinstance(event, DialFailed)
@@ -316,9 +337,7 @@ async def test_calls_lists_live_calls_masked_and_needs_our_token(
         monitor.process(event)
     assert (await client.get("/calls")).status == 401
     assert (await client.get("/calls", headers=room_join_token())).status == 401
-    admin = bearer(sip=api.SIPGrants(admin=True))
-    assert (await client.get("/calls", headers=admin)).status == 200
-    response = await client.get("/calls", headers=bearer())
+    response = await client.get("/calls", headers=hook_headers(CALLS))
     assert response.status == 200
     text = await response.text()
     assert "+447911123456" not in text
