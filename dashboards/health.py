@@ -7,6 +7,8 @@ raw metrics over `$__rate_interval`; none needs a recording rule.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from dashboards.core import Board, Query, stat_panel, table_panel, timeseries_panel
@@ -186,10 +188,29 @@ def health_board() -> Board:
     )
     board.add(
         timeseries_panel(
-            "Room reconnects",
-            "Room connections lost and re-established per minute, per monitor.",
+            "Room connections lost, rejoined, renewed",
+            "Per minute: room connections that ended while the room mattered, by why (a "
+            "leave reason, ping_timeout, socket_closed...); connections re-established; "
+            "signal sessions renewed before livekit-server's one-minute join timeout, by "
+            "result (a failure is retried; README, 'The room observer').",
             "cpm",
-            [_per_minute("call_monitor_room_reconnects_total", "instance", "{{instance}}")],
+            [
+                _per_minute(
+                    "call_monitor_room_reconnects_total", "instance", "rejoined {{instance}}"
+                ),
+                replace(
+                    _per_minute(
+                        "call_monitor_room_connections_lost_total",
+                        "reason",
+                        "lost: {{reason}}",
+                        "B",
+                    ),
+                    empty_reason="no series until a room connection is lost",
+                ),
+                _per_minute(
+                    "call_monitor_room_renewals_total", "result", "renewal {{result}}", "C"
+                ),
+            ],
             width=8,
             min_value=0,
         )

@@ -198,6 +198,6 @@ def test_the_hot_path_benchmark_plays_every_call_to_its_end(tmp_path: Path) -> N
     (tmp_path / "20261125.json").write_text(json.dumps(_run(_cell(100, "setup"))))
     assert [name for name, _ in load_runs(tmp_path)] == ["20261125"]
     text = render(load_runs(tmp_path), focused=load_focused(tmp_path))
-    assert "### A room connection in an observer process (join-cost-20261203-000000)" in text
-    assert "| stderr | 0.072 CPU-s |" in text
+    assert "### A room connection, by observer (join-cost-20261203-000000)" in text
+    assert "| stderr | 0.0720 CPU-s |" in text
     assert f"### The main process's own path per event ({written.stem})" in text

@@ -89,7 +89,7 @@ REQUIRED_PANELS = {
         "Build info",
         "Rooms watched",
         "Room connects by result",
-        "Room reconnects",
+        "Room connections lost, rejoined, renewed",
         "Webhook requests by result",
         "HTTP bad requests",
         "Event lag",

@@ -114,6 +114,7 @@ def test_call_ended_is_the_canonical_line_with_every_field() -> None:
         "answered": True,
         "statuses": ["dialing", "ringing", "active", "hangup"],
         "post_dial_delay_seconds": 0.004,
+        "post_dial_delay_approximate": False,
         "time_to_answer_seconds": 2.039,
         "talk_seconds": 3.003,
         "total_seconds": 5.042,
