@@ -329,6 +329,22 @@ SETTINGS: tuple[Setting, ...] = (
         "rotated journal files to keep",
     ),
     Setting(
+        "journal_fsync",
+        "CALL_MONITOR_JOURNAL_FSYNC",
+        _choice("interval", "batch", "off"),
+        "interval",
+        "when journal writes reach the disk (every write reaches the OS before an "
+        "answer): interval: within a second; batch: before a webhook or dial report "
+        "is answered; off: when the OS decides",
+    ),
+    Setting(
+        "api_timeout_seconds",
+        "CALL_MONITOR_API_TIMEOUT_SECONDS",
+        _bounded_float(0.5, 120),
+        "10",
+        "give up one LiveKit API request (a listing) after this long",
+    ),
+    Setting(
         "log_format",
         "CALL_MONITOR_LOG_FORMAT",
         _choice("auto", "json", "console"),
@@ -392,6 +408,8 @@ class Settings:
     journal_path: Path | None
     journal_max_bytes: int
     journal_backups: int
+    journal_fsync: str
+    api_timeout_seconds: float
     log_format: str
     log_level: str
     mask_numbers: bool

@@ -39,7 +39,7 @@ from monitor.http_limits import (
     listening_socket,
 )
 from monitor.logs import LogRateLimiter
-from monitor.model import DialFailed
+from monitor.model import DialFailed, Event
 from monitor.privacy import NumberMasker
 from monitor.replay import record_summary
 from monitor.sources import WebhookRejected
@@ -169,6 +169,22 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+async def _keep(request: web.Request, endpoint: str, events: list[Event]) -> web.Response | None:
+    """Journal and queue a request's events, and wait until the journal holds them as
+    the fsync policy promises (monitor/journal_sync.py): only then is the request
+    acknowledged. None when kept; else a 503, so that the sender may try again (the
+    machine takes a repeated event as the same fact)."""
+    monitor = _monitor(request)
+    kept = [monitor.submit(event) for event in events]
+    try:
+        await monitor.journal_sync.acknowledged()
+    except OSError:
+        kept.append(False)
+    if all(kept):
+        return None
+    return _refuse(request, endpoint, 503, "the journal could not keep the events")
+
+
 def _refuse_webhook(request: web.Request, rejected: WebhookRejected) -> web.Response:
     _monitor(request).metrics.webhook_request(rejected.result)
     status = 401 if rejected.result == "unauthorized" else 400
@@ -194,8 +210,10 @@ async def webhook(request: web.Request) -> web.Response:
         events = monitor.webhooks.events(raw, sha256, monitor.clock())
     except WebhookRejected as rejected:
         return _refuse_webhook(request, rejected)
-    for event in events:
-        monitor.submit(event)
+    unkept = await _keep(request, "webhook", events)
+    if unkept is not None:
+        monitor.metrics.webhook_request("error")
+        return unkept
     monitor.metrics.webhook_request("ok" if events else "ignored")
     # No body: livekit-server's notifier closes a response without reading it, and Go
     # reuses the connection only when there is nothing left to read. With a body,
@@ -263,7 +281,9 @@ async def dial(request: web.Request) -> web.Response:
         event = _dial_event(_parse_json(body), monitor.clock())
     except ValueError as error:
         return _refuse(request, "dial", 400, str(error))
-    monitor.submit(event)
+    unkept = await _keep(request, "dial", [event])
+    if unkept is not None:
+        return unkept
     return web.json_response({"accepted": 1}, status=202)
 
 

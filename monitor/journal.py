@@ -361,6 +361,11 @@ class JournalWriter:
             os.close(self._fd)
             self._fd = None
 
+    def sync_handle(self) -> int | None:
+        """A new descriptor of the file being written, for an fsync in another thread
+        (the caller closes it): a rotation meanwhile closes only the writer's own."""
+        return None if self._fd is None else os.dup(self._fd)
+
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Owner only: it holds phone numbers, identities and room names in clear.
@@ -425,6 +430,8 @@ class JournalWriter:
         )
 
     def _rotate(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)  # what an fsync policy promised of it stays on disk
         self.close()
         for index in range(self._backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{index}")

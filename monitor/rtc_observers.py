@@ -104,7 +104,7 @@ class _Worker:
     """One observer process and the room connections it holds."""
 
     def __init__(
-        self, serial: int, process: asyncio.subprocess.Process, submit: Callable[[Event], None]
+        self, serial: int, process: asyncio.subprocess.Process, submit: Callable[[Event], object]
     ) -> None:
         self.serial = serial
         self.process = process
@@ -267,7 +267,7 @@ class ObserverPool:
 
     def __init__(
         self,
-        submit: Callable[[Event], None],
+        submit: Callable[[Event], object],
         recycle_joins: int,
         move_after: float = 30.0,
         sdk_log_level: int = logging.WARNING,

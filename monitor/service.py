@@ -14,9 +14,9 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 from livekit import api
@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry
 
 from monitor.config import Settings, redacted_url
 from monitor.journal import Header, JournalWriter
+from monitor.journal_sync import JournalSync
+from monitor.logs import LogRateLimiter
 from monitor.machine import CallBook, MachineSettings
 from monitor.metrics import MonitorMetrics
 from monitor.model import (
@@ -48,6 +50,8 @@ from monitor.sources import WebhookIntake, listing_events
 __all__ = ["Monitor", "observer_token", "run_until_signalled"]
 
 log = structlog.get_logger("call_monitor")
+
+_Answer = TypeVar("_Answer")
 
 _SETUP_STATES = frozenset({CallState.DIALING, CallState.RINGING, CallState.AUTOMATION})
 _LIVE_STATES = _SETUP_STATES | {CallState.ACTIVE, CallState.HANGUP}
@@ -85,6 +89,13 @@ def observer_token(settings: Settings, room: str, identity: str) -> str:
         .with_grants(grants)
         .to_jwt()
     )
+
+
+def _describe(error: BaseException) -> str:
+    """An error for the log: its kind, and its message when it has one (a timeout has
+    none)."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _with_scheme(url: str, schemes: Mapping[str, str]) -> str:
@@ -149,6 +160,7 @@ class Monitor:
         self._rooms_closed: dict[str, str] = {}
         self._journal: JournalWriter | None = None
         self._journal_failing = False
+        self._warnings = LogRateLimiter()
         self._observer_serial = 0
         self.observers: Observers
         if settings.observer == "rtc":
@@ -167,17 +179,27 @@ class Monitor:
             )
             # A last line cut by a crash is set aside now, and counted.
             self.metrics.journal_partial_lines(self._journal.open())
+        journal = self._journal
+        self.journal_sync = JournalSync(
+            settings.journal_fsync, lambda: None if journal is None else journal.sync_handle()
+        )
 
     # ---- intake ---------------------------------------------------------------------
 
-    def submit(self, event: Event) -> None:
-        """Queue an event from any source; never blocks, never raises."""
+    def submit(self, event: Event) -> bool:
+        """Journal an event from any source, then queue it; never blocks, never raises.
+
+        Journaled here, not when it is processed: a source may be answered as soon as
+        this returns (a killed monitor then loses nothing it acknowledged), and the
+        journal keeps the order the machine will see. False when the journal did not
+        take it: the event is still processed, but must not be acknowledged as kept.
+        """
+        journaled = isinstance(event, Tick) or self._write_journal(event)
         self.queue.put_nowait(event)
+        return journaled
 
     def process(self, event: Event) -> list[Effect]:
-        """Journal one event, step the machine, and hand the effects to the sinks."""
-        if not isinstance(event, Tick):
-            self._write_journal(event)
+        """Step the machine with one (journaled) event, and hand the effects to the sinks."""
         if event.source is Source.ROOM and isinstance(event, ParticipantSeen | AttributesChanged):
             self._room_seen[event.participant.sid] = self.clock()
         elif isinstance(event, ParticipantSeen):
@@ -202,20 +224,22 @@ class Monitor:
             self._rooms_touched(effects)
         return effects
 
-    def _write_journal(self, event: Event) -> None:
+    def _write_journal(self, event: Event) -> bool:
         if self._journal is None:
-            return
+            return True
         try:
             self._journal.write(event)
-        except OSError as error:
+        except (OSError, UnicodeError) as error:
             self.metrics.journal_write_error()
             if not self._journal_failing:
                 log.error("journal_write_failed", error=str(error), path=str(self._journal.path))
             self._journal_failing = True
-        else:
-            if self._journal_failing:
-                log.info("journal_write_recovered", path=str(self._journal.path))
-            self._journal_failing = False
+            return False
+        if self._journal_failing:
+            log.info("journal_write_recovered", path=str(self._journal.path))
+        self._journal_failing = False
+        self.journal_sync.wrote()
+        return True
 
     async def _consume(self) -> None:
         while True:
@@ -351,7 +375,11 @@ class Monitor:
                 )
             except Exception as error:
                 self.metrics.room_connect(False)
-                log.warning("room_join_failed", room=room, error=f"{type(error).__name__}: {error}")
+                # One line per kind of failure at a time: with livekit-server down,
+                # every room being set up fails to join, again and again.
+                self._warnings.warning(
+                    log, "room_join_failed", type(error).__name__, room=room, error=_describe(error)
+                )
                 return None
         self.metrics.room_connect(True)
         known = {call.room_sid for call in self.book.calls_in_room(room) if call.room_sid}
@@ -403,7 +431,7 @@ class Monitor:
         two listings in a row is declared gone: one miss may be a listing racing a join.
         """
         started = time.monotonic()
-        listing = await lkapi.room.list_rooms(api.ListRoomsRequest())
+        listing = await self._api(lkapi.room.list_rooms(api.ListRoomsRequest()))
         now = self.clock()
         listed = {room.name: room for room in listing.rooms}
         known_rooms = self.book.rooms()
@@ -415,7 +443,9 @@ class Monitor:
 
         async def list_one(name: str, room_sid: str) -> None:
             async with gate:
-                answer = await lkapi.room.list_participants(api.ListParticipantsRequest(room=name))
+                answer = await self._api(
+                    lkapi.room.list_participants(api.ListParticipantsRequest(room=name))
+                )
             now = self.clock()
             events, sids = listing_events(now, name, room_sid, answer.participants)
             known = {call.participant_sid for call in self.book.calls_in_room(name)}
@@ -467,6 +497,13 @@ class Monitor:
         live = {call.participant_sid for call in self.book.live_calls()}
         self._room_seen = {sid: at for sid, at in self._room_seen.items() if sid in live}
 
+    async def _api(self, request: Awaitable[_Answer]) -> _Answer:
+        """One LiveKit API request, bounded: livekit-api sets no timeout of its own (it
+        hands aiohttp `timeout=None`, which means none), so a livekit-server that
+        accepts connections and never answers would hold reconciliation forever."""
+        async with asyncio.timeout(self.settings.api_timeout_seconds):
+            return await request
+
     def _ask_room(self, room: str) -> None:
         """Have the room say who is in it: its connection reseeds, or one is made."""
         slot = self.rooms.get(room)
@@ -498,7 +535,9 @@ class Monitor:
                 failures += 1
                 self.metrics.reconcile_run(False, 0.0)
                 self._set_ready(False, f"livekit-server API failed: {type(error).__name__}")
-                log.warning("reconcile_failed", error=f"{type(error).__name__}: {error}")
+                self._warnings.warning(
+                    log, "reconcile_failed", type(error).__name__, error=_describe(error)
+                )
                 # Back off while it keeps failing, never a hot loop.
                 await asyncio.sleep(min(self.settings.reconcile_seconds, 2.0 * 2**failures))
                 continue
@@ -535,6 +574,7 @@ class Monitor:
                 asyncio.create_task(self._consume(), name="consume-events"),
                 asyncio.create_task(self._tick(), name="clock"),
                 asyncio.create_task(self._reconcile(lkapi), name="reconcile"),
+                asyncio.create_task(self.journal_sync.run(), name="journal-fsync"),
             ]
             log.info(
                 "monitor_started",

@@ -273,7 +273,7 @@ class SignalLink:
         self,
         room: str,
         hooks: LinkHooks,
-        emit: Callable[[Event], None],
+        emit: Callable[[Event], object],
         clock: Callable[[], float],
         open_session: Callable[[str], Awaitable[_Session]],
         token: str,
@@ -473,7 +473,7 @@ class SignalLink:
 class SignalObservers:
     """Room links on the signal channel, all in the monitor's event loop."""
 
-    def __init__(self, submit: Callable[[Event], None], clock: Callable[[], float] = time.time):
+    def __init__(self, submit: Callable[[Event], object], clock: Callable[[], float] = time.time):
         self.submit = submit
         self.clock = clock
         self._http: aiohttp.ClientSession | None = None
