@@ -44,9 +44,13 @@ def _cpu() -> float:
 
 
 def _server_cpu(pid: int) -> float:
-    """livekit-server's CPU seconds so far (utime + stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """livekit-server's CPU seconds so far."""
+    from bench.procfs import CLOCK_TICKS, read_process
+
+    stat = read_process(pid)
+    if stat is None:
+        raise SystemExit("livekit-server is gone")
+    return stat.cpu_ticks / CLOCK_TICKS
 
 
 class _Rooms:

@@ -557,7 +557,7 @@ def _pdd_share(cell: Mapping[str, Any]) -> str:
 def load_focused(directory: Path) -> list[tuple[str, dict[str, Any]]]:
     """The newest `bench.join_cost` and `bench.hot_path` results, as (name, data)."""
     found = []
-    for prefix in ("join-cost-", "hot-path-"):
+    for prefix in ("join-cost-", "hot-path-", "journal-fsync-"):
         paths = sorted(directory.glob(f"{prefix}*.json"), reverse=True)
         data = _load_json(paths[0]) if paths else None
         if data is not None:
@@ -601,6 +601,29 @@ def _focused_section(name: str, data: Mapping[str, Any]) -> list[str]:
                     "livekit-server idle, % core per room",
                     "peak RSS of the process",
                 ],
+                rows,
+            ),
+        ]
+    if name.startswith("journal-fsync-"):
+        rows = [
+            [
+                policy,
+                fmt(_get(numbers, "webhooks_per_second"), 0),
+                fmt(_get(numbers, "answer_ms_p50"), 2, "ms"),
+                fmt(_get(numbers, "answer_ms_p99"), 2, "ms"),
+                fmt(_get(numbers, "monitor_cpu_ms_per_webhook"), 3, "ms"),
+            ]
+            for policy, numbers in (data.get("mean") or {}).items()
+        ]
+        return [
+            f"### The journal's fsync policy under a stream of webhooks ({name})",
+            "",
+            f"{command}. Each webhook is answered once its event is journaled; `batch` "
+            "waits for an fsync too (one shared by the requests waiting at the time). "
+            "Means over the runs:",
+            "",
+            table(
+                ["policy", "webhooks/s", "answer p50", "answer p99", "monitor CPU per webhook"],
                 rows,
             ),
         ]
