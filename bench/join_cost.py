@@ -25,12 +25,13 @@ import asyncio
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.focused import write_focused
 
 __all__ = ["main"]
 
@@ -205,34 +206,22 @@ def main(argv: list[str] | None = None) -> None:
             for variant in VARIANTS:
                 print(f"round {round_ + 1}: {variant}, {args.rooms} rooms", file=sys.stderr)
                 runs.append(_run_variant(variant, stack, args.rooms, args.idle))
-    summary = {
-        variant: {
-            key: round(statistics.mean(r[key] for r in runs if r["variant"] == variant), 4)
-            for key in (
-                "cpu_s_per_join",
-                "server_cpu_s_per_join",
-                "join_wall_s_each",
-                "idle_pct_core_per_room",
-                "server_idle_pct_core_per_room",
-                "cpu_s_per_leave",
-                "rss_mib",
-            )
-        }
-        for variant in VARIANTS
-    }
-    record = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "python -m bench.join_cost " + " ".join(argv or sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()},
-        "runs": runs,
-        "mean": summary,
-    }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    path = args.output_dir / f"join-cost-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    for variant, numbers in summary.items():
-        print(f"{variant:>7}: {numbers}")
-    print(f"written to {path}")
+    write_focused(
+        "join-cost",
+        argv,
+        runs,
+        "variant",
+        (
+            "cpu_s_per_join",
+            "server_cpu_s_per_join",
+            "join_wall_s_each",
+            "idle_pct_core_per_room",
+            "server_idle_pct_core_per_room",
+            "cpu_s_per_leave",
+            "rss_mib",
+        ),
+        args.output_dir,
+    )
 
 
 if __name__ == "__main__":

@@ -15,16 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import hashlib
-import json
 import os
 import secrets
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +29,10 @@ from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.protocol import models, webhook
 
+from bench.focused import write_focused
+from bench.monitor_proc import MonitorProcess
 from bench.procfs import CLOCK_TICKS, read_process
+from bench.stats import summarize
 from stack.config import free_port
 
 __all__ = ["main"]
@@ -69,11 +68,10 @@ def _webhook(n: int) -> tuple[str, str]:
     return body, api.AccessToken(KEY, SECRET).with_sha256(digest).to_jwt()
 
 
-@contextlib.asynccontextmanager
-async def _monitor(policy: str, journal: Path) -> AsyncIterator[tuple[int, int]]:
-    port = free_port()
-    env = {
+def _monitor_env(policy: str, journal: Path, port: int) -> dict[str, str]:
+    return {
         **os.environ,
+        # Nothing listens there: listings and joins fail fast; the webhooks are measured.
         "LIVEKIT_URL": f"http://127.0.0.1:{free_port()}",
         "LIVEKIT_API_KEY": KEY,
         "LIVEKIT_API_SECRET": SECRET,
@@ -82,46 +80,28 @@ async def _monitor(policy: str, journal: Path) -> AsyncIterator[tuple[int, int]]
         "CALL_MONITOR_JOURNAL_FSYNC": policy,
         "CALL_MONITOR_LOG_LEVEL": "error",
         "CALL_MONITOR_LOG_FORMAT": "json",
-        # Setup mode would join each call's room; this measures the intake alone.
-        "CALL_MONITOR_ROOM_MODE": "setup",
-        "CALL_MONITOR_MAX_CONCURRENT_JOINS": "1",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "monitor",
-        "run",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(400):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"http://127.0.0.1:{port}/healthz") as answer:
-                        if answer.status == 200:
-                            break
-                await asyncio.sleep(0.05)
-        yield port, process.pid
-    finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 30)
 
 
 async def _run(policy: str, webhooks: int, concurrency: int) -> dict[str, Any]:
     signed = [_webhook(n) for n in range(webhooks)]
     times: list[float] = []
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent.parent / ".cache") as folder:
-        async with _monitor(policy, Path(folder) / "journal.jsonl") as (port, pid):
-            url = f"http://127.0.0.1:{port}/webhook"
+        port = free_port()
+        journal = Path(folder) / "journal.jsonl"
+        monitor = MonitorProcess(_monitor_env(policy, journal, port), port, Path(folder) / "log")
+        monitor.start()
+        try:
+            await asyncio.to_thread(monitor.wait_serving)
+            assert monitor.pid is not None
+            pid = monitor.pid
+            url = f"{monitor.url}/webhook"
 
             async def sender(session: aiohttp.ClientSession, share: list[tuple[str, str]]) -> None:
                 for body, token in share:
                     began = time.monotonic()
-                    async with session.post(
-                        url, data=body, headers={"Authorization": token}
-                    ) as answer:
+                    headers = {"Authorization": token}
+                    async with session.post(url, data=body, headers=headers) as answer:
                         if answer.status != 200:
                             raise SystemExit(f"{policy}: webhook answered {answer.status}")
                     times.append(time.monotonic() - began)
@@ -134,13 +114,15 @@ async def _run(policy: str, webhooks: int, concurrency: int) -> dict[str, Any]:
                 )
             wall = time.monotonic() - began
             cpu = _cpu_seconds(pid) - cpu_before
-    times.sort()
+        finally:
+            await asyncio.to_thread(monitor.stop)
+    answer_ms = summarize(times, scale=1000, digits=2)
     return {
         "policy": policy,
         "webhooks": webhooks,
         "webhooks_per_second": round(webhooks / wall, 1),
-        "answer_ms_p50": round(times[len(times) // 2] * 1000, 2),
-        "answer_ms_p99": round(times[int(len(times) * 0.99)] * 1000, 2),
+        "answer_ms_p50": answer_ms["p50"],
+        "answer_ms_p99": answer_ms["p99"],
         "monitor_cpu_ms_per_webhook": round(cpu / webhooks * 1000, 3),
     }
 
@@ -159,26 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(asyncio.run(_run(policy, args.webhooks, args.concurrency)))
             print(f"  {runs[-1]}", file=sys.stderr)
     keys = ("webhooks_per_second", "answer_ms_p50", "answer_ms_p99", "monitor_cpu_ms_per_webhook")
-    mean = {
-        policy: {
-            key: round(statistics.mean(r[key] for r in runs if r["policy"] == policy), 3)
-            for key in keys
-        }
-        for policy in POLICIES
-    }
-    record = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "python -m bench.journal_fsync " + " ".join(argv or sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()},
-        "runs": runs,
-        "mean": mean,
-    }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    path = args.output_dir / f"journal-fsync-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    for policy, numbers in mean.items():
-        print(f"{policy:>8}: {numbers}")
-    print(f"written to {path}")
+    write_focused("journal-fsync", argv, runs, "policy", keys, args.output_dir)
 
 
 if __name__ == "__main__":

@@ -71,19 +71,23 @@ class Mix:
         return 0.3 + ring + answered * talk
 
 
+# What a day of outbound calls ends in: 85% answered (80% the callee hangs up, 5% we
+# remove the participant), 7% busy, 4% declined, 4% no answer.
+_EVERYDAY_OUTCOMES = (
+    Outcome("00", "answered, callee hangs up", 80),
+    Outcome("01", "answered, we hang up", 5, we_hang_up=True),
+    Outcome("02", "busy", 7),
+    Outcome("03", "declined", 4),
+    Outcome("09", "no answer", 4, no_answer=True),
+)
+
 MIXES: dict[str, Mix] = {
     "realistic": Mix(
         "realistic",
         pdd=(0.5, 2.5),
         ring=(2.0, 5.0),
         talk=(20.0, 40.0),
-        outcomes=(
-            Outcome("00", "answered, callee hangs up", 80),
-            Outcome("01", "answered, we hang up", 5, we_hang_up=True),
-            Outcome("02", "busy", 7),
-            Outcome("03", "declined", 4),
-            Outcome("09", "no answer", 4, no_answer=True),
-        ),
+        outcomes=_EVERYDAY_OUTCOMES,
         description=(
             "post-dial delay 0.5-2.5 s, ring 2-5 s, talk 20-40 s; 85% answered (80% "
             "callee hangs up, 5% we remove the participant), 7% busy, 4% declined, 4% no "
@@ -95,13 +99,7 @@ MIXES: dict[str, Mix] = {
         pdd=(0.5, 2.5),
         ring=(2.0, 5.0),
         talk=(60.0, 300.0),
-        outcomes=(
-            Outcome("00", "answered, callee hangs up", 80),
-            Outcome("01", "answered, we hang up", 5, we_hang_up=True),
-            Outcome("02", "busy", 7),
-            Outcome("03", "declined", 4),
-            Outcome("09", "no answer", 4, no_answer=True),
-        ),
+        outcomes=_EVERYDAY_OUTCOMES,
         description=(
             "as realistic, with real call lengths: talk 1-5 min, so 1,000 concurrent "
             "calls take about 6.5 new calls a second; one call in about 45 is being set "

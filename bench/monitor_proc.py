@@ -72,15 +72,23 @@ class MonitorProcess:
 
     def wait_ready(self, within: float = 60.0) -> float:
         """Block until /readyz answers 200; return the seconds since start."""
+        return self._wait_for("/readyz", within)
+
+    def wait_serving(self, within: float = 60.0) -> float:
+        """Block until /healthz answers 200 (it serves, whether or not it reached
+        livekit-server); return the seconds since start."""
+        return self._wait_for("/healthz", within)
+
+    def _wait_for(self, path: str, within: float) -> float:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if not self.running():
                 code = self.proc.returncode if self.proc is not None else None
                 raise RuntimeError(f"the monitor exited with status {code}; see {self.log_path}")
-            if self.ready():
+            if http_status(self.url + path, timeout=1.0) == 200:
                 return time.time() - self.started_at
             time.sleep(0.05)
-        raise RuntimeError(f"the monitor was not ready within {within:.0f} s")
+        raise RuntimeError(f"the monitor did not answer {path} within {within:.0f} s")
 
     def kill(self) -> None:
         """SIGKILL the monitor and its observer processes at once (a crash)."""

@@ -211,68 +211,81 @@ async def test_the_signal_observer_sees_what_the_rtc_observer_sees_of_inbound_ca
 
 
 @dataclass
-class HookLog:
+class Held:
+    """A signal link in a room whose answered call stays up until our side ends it."""
+
+    link: SignalLink
+    seen: Recorded = field(default_factory=Recorded)
     renewals: list[bool] = field(default_factory=list)
     lost: list[tuple[str | None, str]] = field(default_factory=list)
 
-    def hooks(self) -> LinkHooks:
-        return LinkHooks(
-            lost=lambda room, closed_sid, why: self.lost.append((closed_sid, why)),
-            renewed=lambda room, ok: self.renewals.append(ok),
+
+HoldCall = Callable[[str], Awaitable[Held]]
+
+
+@pytest_asyncio.fixture
+async def hold_call(
+    stack: Stack, settings: Settings, place_call: PlaceCall
+) -> AsyncIterator[HoldCall]:
+    """`await hold_call(room)`: a signal link joins `room`, then a call (identity
+    `held`) is placed there and answered."""
+    backends: list[SignalObservers] = []
+
+    async def _hold(room: str) -> Held:
+        seen = Recorded()
+        backend = SignalObservers(seen.emit)
+        backends.append(backend)
+        renewals: list[bool] = []
+        lost: list[tuple[str | None, str]] = []
+        hooks = LinkHooks(
+            lost=lambda room, closed_sid, why: lost.append((closed_sid, why)),
+            renewed=lambda room, ok: renewals.append(ok),
         )
+        token = observer_token(settings, room, "holder")
+        link = await backend.join(room, stack.ws_url, token, 10, hooks)
+        await place_call(sim_number("01"), room=room, identity="held", ring=0.2, wait_for_end=False)
+        await seen.wait(lambda: "active" in seen.statuses("held"), 20, "the call answered")
+        return Held(link, seen, renewals, lost)
+
+    try:
+        yield _hold
+    finally:
+        for backend in backends:
+            await backend.close()
 
 
 async def test_a_session_is_renewed_before_the_minute_and_the_link_keeps_reporting(
-    stack: Stack, settings: Settings, place_call: PlaceCall, lkapi: api.LiveKitAPI
+    hold_call: HoldCall, lkapi: api.LiveKitAPI
 ) -> None:
     """livekit-server removes a participant that never became ACTIVE 60 s after its
     join (JOIN_FAILURE). The link replaces its session before that, and the call's
     later changes still arrive, through the new session."""
     room = unique_room("signal-minute")
-    seen, log = Recorded(), HookLog()
-    backend = SignalObservers(seen.emit)
-    try:
-        link = await backend.join(
-            room, stack.ws_url, observer_token(settings, room, "minute"), 10, log.hooks()
-        )
-        await place_call(sim_number("01"), room=room, identity="held", ring=0.2, wait_for_end=False)
-        await seen.wait(lambda: "active" in seen.statuses("held"), 20, "the call answered")
-        # Past the server's minute: without renewal the link would be gone by now.
-        await asyncio.sleep(65)
-        assert log.lost == []
-        assert not link.lost.is_set()
-        assert log.renewals, "no renewal in 65 s"
-        assert all(log.renewals), log.renewals
-        before = len(seen.events)
-        await lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity="held"))
-        await seen.wait(lambda: bool(seen.left("held")), 20, "the removal seen")
-        assert seen.left("held") == [Reason.PARTICIPANT_REMOVED]
-        # A renewal reports only what changed: the call was not seen again.
-        assert not any(isinstance(e, ParticipantSeen) for e in seen.events[before:])
-        assert [type(e) for e in seen.events if isinstance(e, ParticipantSeen)] == [ParticipantSeen]
-    finally:
-        await backend.close()
+    held = await hold_call(room)
+    # Past the server's minute: without renewal the link would be gone by now.
+    await asyncio.sleep(65)
+    assert held.lost == []
+    assert not held.link.lost.is_set()
+    assert held.renewals, "no renewal in 65 s"
+    assert all(held.renewals), held.renewals
+    await lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity="held"))
+    seen = held.seen
+    await seen.wait(lambda: bool(seen.left("held")), 20, "the removal seen")
+    assert seen.left("held") == [Reason.PARTICIPANT_REMOVED]
+    # A renewal reports only what changed: the call was seen once, when it joined.
+    assert sum(isinstance(event, ParticipantSeen) for event in seen.events) == 1
 
 
 async def test_a_deleted_room_ends_the_link_with_the_room(
-    stack: Stack, settings: Settings, place_call: PlaceCall, lkapi: api.LiveKitAPI
+    hold_call: HoldCall, lkapi: api.LiveKitAPI
 ) -> None:
-    room = unique_room("signal-deleted")
-    seen, log = Recorded(), HookLog()
-    backend = SignalObservers(seen.emit)
-    try:
-        link = await backend.join(
-            room, stack.ws_url, observer_token(settings, room, "deleted"), 10, log.hooks()
-        )
-        await place_call(sim_number("01"), room=room, identity="held", ring=0.2, wait_for_end=False)
-        await seen.wait(lambda: "active" in seen.statuses("held"), 20, "the call answered")
-        await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))
-        await asyncio.wait_for(link.lost.wait(), 10)
-        assert log.lost == [(link.room_sid, "ROOM_DELETED")]
-        ended = [e for e in seen.events if isinstance(e, RoomEnded)]
-        assert [(e.reason, e.room_sid) for e in ended] == [(Reason.ROOM_DELETED, link.room_sid)]
-    finally:
-        await backend.close()
+    held = await hold_call(unique_room("signal-deleted"))
+    link = held.link
+    await lkapi.room.delete_room(api.DeleteRoomRequest(room=link.room))
+    await asyncio.wait_for(link.lost.wait(), 10)
+    assert held.lost == [(link.room_sid, "ROOM_DELETED")]
+    ended = [e for e in held.seen.events if isinstance(e, RoomEnded)]
+    assert [(e.reason, e.room_sid) for e in ended] == [(Reason.ROOM_DELETED, link.room_sid)]
 
 
 async def test_a_refused_join_says_why_without_the_token(stack: Stack, settings: Settings) -> None:

@@ -16,7 +16,6 @@ import contextlib
 import os
 import resource
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.protocol import models, webhook
 
+from bench.monitor_proc import MonitorProcess
 from monitor.config import load_settings
 from monitor.http import build_app
 from monitor.journal import BadLine, read_journal
@@ -59,14 +59,13 @@ def joined_body(n: int, phone: str = "+15551112222") -> str:
 
 
 @contextlib.asynccontextmanager
-async def monitor_process(
-    journal: Path, fsync: str
-) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+async def monitor_process(journal: Path, fsync: str) -> AsyncIterator[MonitorProcess]:
+    """The monitor as deployed, its own process; no LiveKit behind it (listings and
+    joins fail fast: its webhook endpoint is what is tested)."""
     port = free_port()
     env = {
         **os.environ,
         **ENV,
-        # Nothing listens there: joins and listings fail fast, webhooks are what counts.
         "LIVEKIT_URL": f"http://127.0.0.1:{free_port()}",
         "CALL_MONITOR_HTTP_PORT": str(port),
         "CALL_MONITOR_JOURNAL": str(journal),
@@ -74,30 +73,13 @@ async def monitor_process(
         "CALL_MONITOR_LOG_LEVEL": "error",
         "CALL_MONITOR_LOG_FORMAT": "json",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "monitor",
-        "run",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    monitor = MonitorProcess(env, port, journal.with_name("monitor.log"))
+    monitor.start()
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"http://127.0.0.1:{port}/healthz") as answer:
-                        if answer.status == 200:
-                            break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the monitor did not start")
-        yield process, port
+        await asyncio.to_thread(monitor.wait_serving, 30)
+        yield monitor
     finally:
-        if process.returncode is None:
-            process.kill()
-        await asyncio.wait_for(process.wait(), 10)
+        await asyncio.to_thread(monitor.kill)
 
 
 @pytest.mark.parametrize("fsync", ["batch", "interval", "off"])
@@ -105,8 +87,8 @@ async def test_every_acknowledged_webhook_survives_a_sigkill(tmp_path: Path, fsy
     journal = tmp_path / "journal.jsonl"
     acknowledged: set[str] = set()
     enough = asyncio.Event()
-    async with monitor_process(journal, fsync) as (process, port):
-        url = f"http://127.0.0.1:{port}/webhook"
+    async with monitor_process(journal, fsync) as monitor:
+        url = f"{monitor.url}/webhook"
         bodies = [joined_body(n) for n in range(2000)]
 
         async def sender(session: aiohttp.ClientSession, share: list[tuple[int, str]]) -> None:
@@ -126,7 +108,7 @@ async def test_every_acknowledged_webhook_survives_a_sigkill(tmp_path: Path, fsy
 
         async def kill_midway() -> None:
             await enough.wait()
-            process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(monitor.kill)
 
         numbered = list(enumerate(bodies))
         async with aiohttp.ClientSession() as session:
@@ -137,7 +119,8 @@ async def test_every_acknowledged_webhook_survives_a_sigkill(tmp_path: Path, fsy
                 ),
                 60,
             )
-    assert process.returncode == -signal.SIGKILL
+    assert monitor.proc is not None
+    assert monitor.proc.returncode == -signal.SIGKILL
     assert 300 <= len(acknowledged) < len(bodies), "the kill came after the stream"
     bad: list[BadLine] = []
     kept = {

@@ -93,20 +93,24 @@ def test_installed_command_exits_2_with_one_line_for_a_bad_setting() -> None:
     assert ENV["LIVEKIT_API_SECRET"] not in done.stdout + done.stderr
 
 
+def run_monitor(settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`call-monitor run` with these settings; expected to stop on its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", "run"],
+        env={"PATH": "/usr/bin:/bin", **ENV, **settings},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_a_port_in_use_is_a_one_line_error_at_start() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {"PATH": "/usr/bin:/bin", **ENV, "CALL_MONITOR_HTTP_PORT": str(port)}
-        done = subprocess.run(
-            [sys.executable, "-m", "monitor", "run"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_monitor({"CALL_MONITOR_HTTP_PORT": str(port)})
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == (
         f"call-monitor: cannot listen on 127.0.0.1:{port}: Address already in use"
@@ -129,19 +133,8 @@ def test_a_journal_path_that_cannot_be_written_is_a_one_line_error_at_start(
     tmp_path: Path, journal: str, why: str
 ) -> None:
     (tmp_path / "file").write_text("")
-    env = {
-        "PATH": "/usr/bin:/bin",
-        **ENV,
-        "CALL_MONITOR_HTTP_PORT": "0",
-        "CALL_MONITOR_JOURNAL": journal.format(tmp=tmp_path),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "monitor", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = run_monitor(
+        {"CALL_MONITOR_HTTP_PORT": "0", "CALL_MONITOR_JOURNAL": journal.format(tmp=tmp_path)}
     )
     assert done.returncode == 2
     assert done.stderr == f"call-monitor: cannot write the journal {why.format(tmp=tmp_path)}\n"

@@ -11,15 +11,13 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 import pytest
-import pytest_asyncio
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 from livekit import api
@@ -33,24 +31,12 @@ from monitor.hook_token import (
     body_sha256,
     mint_hook_token,
 )
-from monitor.http import build_app
 from monitor.service import Monitor
-from tests.unit.test_http import KEY, SECRET, bearer, make_monitor, post_dial, sample
+from tests.unit.test_http import KEY, SECRET, bearer, post_dial, sample
 
 Client = TestClient[web.Request, web.Application]
 BODY = json.dumps({"room": "call-b", "participant_identity": "callee", "sip_status_code": 486})
 RAW = BODY.encode()
-
-
-@pytest_asyncio.fixture
-async def served() -> AsyncIterator[tuple[Monitor, Client]]:
-    monitor = make_monitor()
-    client: Client = TestClient(TestServer(build_app(monitor)))
-    await client.start_server()
-    try:
-        yield monitor, client
-    finally:
-        await client.close()
 
 
 @dataclass(frozen=True)

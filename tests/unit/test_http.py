@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from google.protobuf.json_format import MessageToJson
@@ -25,7 +24,6 @@ from livekit.protocol import models, webhook
 from monitor.config import load_settings
 from monitor.dial import report_dial_failure
 from monitor.hook_token import CALLS, DIAL, mint_hook_token
-from monitor.http import build_app
 from monitor.model import DialFailed, Event, ParticipantLeft, ParticipantSeen, Reason, RoomEnded
 from monitor.service import Monitor
 from monitor.sources import WEBHOOK_EVENTS_USED, events_of_webhook
@@ -42,17 +40,6 @@ def make_monitor() -> Monitor:
         {"LIVEKIT_URL": "ws://127.0.0.1:1", "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET},
     )
     return Monitor(settings)
-
-
-@pytest_asyncio.fixture
-async def served() -> AsyncIterator[tuple[Monitor, Client]]:
-    monitor = make_monitor()
-    client: Client = TestClient(TestServer(build_app(monitor)))
-    await client.start_server()
-    try:
-        yield monitor, client
-    finally:
-        await client.close()
 
 
 def signed(body: str | bytes, secret: str = SECRET) -> str:

@@ -3,29 +3,14 @@ and logged at a rate limit with its reason, never with the token that was refuse
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest_asyncio
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from monitor.http import build_app
 from monitor.service import Monitor
-from tests.unit.test_http import make_monitor, participant_left_body, sample, signed
+from tests.unit.test_http import participant_left_body, sample, signed
 
 Client = TestClient[web.Request, web.Application]
-
-
-@pytest_asyncio.fixture
-async def served() -> AsyncIterator[tuple[Monitor, Client]]:
-    monitor = make_monitor()
-    client: Client = TestClient(TestServer(build_app(monitor)))
-    await client.start_server()
-    try:
-        yield monitor, client
-    finally:
-        await client.close()
 
 
 async def test_unknown_paths_and_methods_get_json_like_every_other_refusal(
