@@ -57,6 +57,9 @@ _MONITOR: web.AppKey[Monitor] = web.AppKey("monitor")
 _REFUSALS_LOGGED: web.AppKey[LogRateLimiter] = web.AppKey("refusals_logged")
 _HOOK_TOKENS: web.AppKey[HookTokenVerifier] = web.AppKey("hook_tokens")
 _CONNECTION_CAP: web.AppKey[ConnectionCap] = web.AppKey("connection_cap")
+# How long an acknowledgment waits for the journal's fsync (the `batch` policy) before
+# the request gets 503: a disk that hangs must not hold every webhook handler.
+_SYNC_SECONDS = 5.0
 _ENDPOINTS = frozenset({"webhook", "dial", "calls", "metrics", "healthz", "readyz"})
 
 
@@ -177,8 +180,9 @@ async def _keep(request: web.Request, endpoint: str, events: list[Event]) -> web
     monitor = _monitor(request)
     kept = [monitor.submit(event) for event in events]
     try:
-        await monitor.journal_sync.acknowledged()
-    except OSError:
+        async with asyncio.timeout(_SYNC_SECONDS):
+            await monitor.journal_sync.acknowledged()
+    except (OSError, TimeoutError):
         kept.append(False)
     if all(kept):
         return None

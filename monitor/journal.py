@@ -12,6 +12,7 @@ that the next event starts a line of its own instead of being glued to the fragm
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -354,12 +355,28 @@ class JournalWriter:
             self._open()
         elif self._size + len(line) > self._max_bytes:
             self._rotate()
-        self._write_all(line)
+        before = self._size
+        try:
+            self._write_all(line)
+        except OSError:
+            # Half a line (a full disk) would swallow the next event: cut it off.
+            self._cut_back_to(before)
+            raise
 
-    def close(self) -> None:
+    def close(self, sync: bool = False) -> None:
+        """Close the file; with `sync`, once it is on disk."""
         if self._fd is not None:
+            if sync:
+                with contextlib.suppress(OSError):
+                    os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+
+    def _cut_back_to(self, size: int) -> None:
+        assert self._fd is not None
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, size)
+            self._size = size
 
     def sync_handle(self) -> int | None:
         """A new descriptor of the file being written, for an fsync in another thread

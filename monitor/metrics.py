@@ -129,7 +129,13 @@ WEBHOOK_RESULTS: Final[tuple[str, ...]] = (
 )
 
 # Why a room connection ended: livekit-server's leave reasons, or what the client saw.
-_CLIENT_SIDE_ENDS: Final = ("ping_timeout", "socket_closed", "socket_error", "process_exited")
+_CLIENT_SIDE_ENDS: Final = (
+    "ping_timeout",
+    "socket_closed",
+    "socket_error",
+    "process_exited",
+    "error",
+)
 LOST_REASONS: Final[frozenset[str]] = frozenset(
     [*(str(reason) for reason in Reason), *_CLIENT_SIDE_ENDS]
 )

@@ -457,7 +457,14 @@ class Monitor:
                 if call.participant_sid not in sids and call.state is not CallState.ENDING:
                     missing.add((name, call.participant_sid))
 
-        await asyncio.gather(*(list_one(room.name, room.sid) for room in to_list))
+        # A TaskGroup: one listing that fails cancels the others, so that no request of
+        # a failed pass is left running on a livekit-server already struggling.
+        try:
+            async with asyncio.TaskGroup() as listings:
+                for listed_room in to_list:
+                    listings.create_task(list_one(listed_room.name, listed_room.sid))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
         for info in listed.values():
             self._room_opened(info.name, info.sid)
         # A closed room whose calls have all ended needs no marker any more.
@@ -567,11 +574,14 @@ class Monitor:
                 http_url, self.settings.livekit_api_key, self.settings.livekit_api_secret
             )
             stack.push_async_callback(lkapi.aclose)
+            consumer = asyncio.create_task(self._consume(), name="consume-events")
+            # Registered before the HTTP server, so it runs after the server has stopped:
+            # nothing is accepted once the queue is drained and the journal closed.
+            stack.push_async_callback(self._drain, consumer)
             self.http_port, self.metrics_port = await stack.enter_async_context(serve(self))
             stack.push_async_callback(self.observers.close)
             await self.observers.start()
             tasks = [
-                asyncio.create_task(self._consume(), name="consume-events"),
                 asyncio.create_task(self._tick(), name="clock"),
                 asyncio.create_task(self._reconcile(lkapi), name="reconcile"),
                 asyncio.create_task(self.journal_sync.run(), name="journal-fsync"),
@@ -593,23 +603,25 @@ class Monitor:
                 await stop.wait()
             finally:
                 self._running = False
-                await self._shutdown(tasks)
+                await self._stop_sources(tasks)
 
-    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
-        for task in tasks[1:]:
-            task.cancel()
+    async def _stop_sources(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Stop the clock, reconciliation and the room connections."""
         slots = list(self.rooms.values())
-        for slot in slots:
-            slot.task.cancel()
-        await asyncio.gather(*tasks[1:], *(slot.task for slot in slots), return_exceptions=True)
+        for task in [*tasks, *(slot.task for slot in slots)]:
+            task.cancel()
+        await asyncio.gather(*tasks, *(slot.task for slot in slots), return_exceptions=True)
         await self.observers.close()
-        # Drain what the sources already delivered, then stop the consumer.
+
+    async def _drain(self, consumer: asyncio.Task[None]) -> None:
+        """Process what the sources delivered, then stop the consumer and close the
+        journal (to disk, unless its fsync policy is off)."""
         while not self.queue.empty():
             self.process(self.queue.get_nowait())
-        tasks[0].cancel()
-        await asyncio.gather(tasks[0], return_exceptions=True)
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
         if self._journal is not None:
-            self._journal.close()
+            self._journal.close(sync=self.settings.journal_fsync != "off")
         log.info("monitor_stopped", calls_open=len(self.book.live_calls()))
 
 

@@ -12,8 +12,11 @@ The price is the one-minute rule: livekit-server removes a participant that has 
 become ACTIVE one minute after it joined (`ParticipantCloseReasonJoinTimeout`,
 pkg/rtc/room.go; the observer gets a `leave` with JOIN_FAILURE). So a link renews its
 session before the minute is up: a second connection with the same identity replaces
-the first on the server in one step (the old one gets `leave` DUPLICATE_IDENTITY as the
-new one gets its `JoinResponse`), and the new `JoinResponse` is read as one more update.
+the first (livekit-server removes the old session, which gets `leave`
+DUPLICATE_IDENTITY, then joins the new one, milliseconds apart), and the new
+`JoinResponse`, which shows what changed in that gap, is read as one more update.
+Each session the server ends this way sends one `participant_connection_aborted`
+webhook for the observer's identity.
 
 Everything else that ends a session (the room closed, a dropped socket, a missed pong,
 any other `leave`) ends the link and tells the service, which joins again with backoff
@@ -60,9 +63,10 @@ log = structlog.get_logger("call_monitor")
 SIGNAL_PROTOCOL = 16
 # When a session is renewed, counted from its join: livekit-server removes it at 60 s.
 RENEW_AFTER_SECONDS = 45.0
-# A failed renewal is tried again this often, until the session's last safe moment.
+# A failed renewal is tried again this often; every attempt must have its JoinResponse
+# by the deadline, after which the server's removal (JOIN_FAILURE) ends the link.
 RENEW_RETRY_SECONDS = 3.0
-RENEW_LAST_SECONDS = 57.0
+RENEW_DEADLINE_SECONDS = 58.0
 # Used when the JoinResponse leaves them out (livekit-server sends 5 s and 15 s).
 _DEFAULT_PING_INTERVAL = 5.0
 _DEFAULT_PING_TIMEOUT = 15.0
@@ -70,6 +74,14 @@ _DEFAULT_PING_TIMEOUT = 15.0
 _LEAVE_SECONDS = 1.0
 _MAX_MESSAGE_BYTES = 4 * 2**20
 
+_SOCKET_ENDS = frozenset(
+    {
+        aiohttp.WSMsgType.CLOSE,
+        aiohttp.WSMsgType.CLOSING,
+        aiohttp.WSMsgType.CLOSED,
+        aiohttp.WSMsgType.ERROR,
+    }
+)
 _SIP = models.ParticipantInfo.Kind.SIP
 _DISCONNECTED = models.ParticipantInfo.State.DISCONNECTED
 
@@ -153,6 +165,7 @@ class ParticipantView:
         present = {info.sid for info in listed}
         for sid in [sid for sid in self.participants if sid not in present]:
             del self.participants[sid]
+        self._left.clear()  # a new session never sends the ones that left before it
         return self.update(listed, at)
 
     def snapshot(self, at: float) -> list[Event]:
@@ -170,7 +183,8 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, aiohttp.WSServerHandshakeError):
         return f"livekit-server refused the join: HTTP {error.status}"
     if isinstance(error, aiohttp.ClientConnectorError):
-        return f"cannot connect: {type(error.os_error).__name__}: {error.os_error.strerror}"
+        cause = error.os_error
+        return f"cannot connect: {type(cause).__name__}: {cause.strerror or cause}"
     if isinstance(error, TimeoutError):
         return "no JoinResponse in time"
     if isinstance(error, JoinFailed):
@@ -227,10 +241,28 @@ def _parse(data: bytes) -> signal.SignalResponse | None:
     return response
 
 
+async def _first_join(ws: aiohttp.ClientWebSocketResponse) -> signal.JoinResponse:
+    """The JoinResponse, the first message that matters; raises JoinFailed."""
+    async for message in ws:
+        if message.type is not aiohttp.WSMsgType.BINARY:
+            continue
+        response = _parse(message.data)
+        if response is None:
+            continue
+        kind = response.WhichOneof("message")
+        if kind == "join":
+            return response.join
+        if kind == "leave":
+            reason, raw = parse_reason(response.leave.reason)
+            raise JoinFailed(f"livekit-server sent leave {reason or raw} before joining")
+    raise JoinFailed("livekit-server closed the connection before joining")
+
+
 async def _open_session(
     http: aiohttp.ClientSession, url: str, token: str, within: float
 ) -> _Session:
-    """Connect and read up to the JoinResponse; raises JoinFailed, leaving nothing open."""
+    """Connect and read up to the JoinResponse within `within` seconds; raises
+    JoinFailed, leaving nothing open."""
     query = {
         "access_token": token,
         "auto_subscribe": "0",
@@ -244,26 +276,17 @@ async def _open_session(
             ws = await http.ws_connect(
                 f"{url}/rtc", params=query, max_msg_size=_MAX_MESSAGE_BYTES, autoping=True
             )
-            async for message in ws:
-                if message.type is not aiohttp.WSMsgType.BINARY:
-                    continue
-                response = _parse(message.data)
-                if response is None:
-                    continue
-                kind = response.WhichOneof("message")
-                if kind == "join":
-                    return _Session(ws, response.join, time.monotonic())
-                if kind == "leave":
-                    reason, raw = parse_reason(response.leave.reason)
-                    raise JoinFailed(f"livekit-server sent leave {reason or raw} before joining")
-            raise JoinFailed("livekit-server closed the connection before joining")
+            return _Session(ws, await _first_join(ws), time.monotonic())
     except BaseException as error:
         if ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), _LEAVE_SECONDS)
-        if isinstance(error, Exception):
-            raise JoinFailed(_describe(error)) from None
-        raise
+        if not isinstance(error, Exception):
+            raise
+        failure = _describe(error)
+    # Raised outside the handler, so the original error, whose request URL holds the
+    # token, is not kept as this one's context.
+    raise JoinFailed(failure)
 
 
 class SignalLink:
@@ -275,8 +298,9 @@ class SignalLink:
         hooks: LinkHooks,
         emit: Callable[[Event], object],
         clock: Callable[[], float],
-        open_session: Callable[[str], Awaitable[_Session]],
+        open_session: Callable[[str, float], Awaitable[_Session]],
         token: str,
+        within: float,
         on_closed: Callable[[SignalLink], None] = lambda link: None,
     ) -> None:
         self.room = room
@@ -287,10 +311,13 @@ class SignalLink:
         self.view = ParticipantView(room)
         self._open_session = open_session
         self._token = token  # the server's refresh_token replaces it
+        self._within = within
         self._session: _Session | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._renewing = False
-        self._loss_while_renewing: tuple[_Session, str] | None = None
+        # The session our own renewal replaced (DUPLICATE_IDENTITY) before the new one
+        # had its JoinResponse: the renewal's result decides whether the link is lost.
+        self._replaced: _Session | None = None
         self._closing = False
         self._on_closed = on_closed
         self._background: set[asyncio.Task[None]] = set()
@@ -309,7 +336,7 @@ class SignalLink:
 
     async def open(self) -> None:
         """The first session; raises JoinFailed."""
-        session = await self._open_session(self._token)
+        session = await self._open_session(self._token, self._within)
         self.view.room_sid = session.join.room.sid
         self._adopt(session)
         self._renewer = asyncio.get_running_loop().create_task(
@@ -338,7 +365,6 @@ class SignalLink:
     def _adopt(self, session: _Session) -> None:
         """Make `session` the one the link reads; the previous one is dropped."""
         previous, self._session = self._session, session
-        self._emit_all(self.view.resume(session.join.other_participants, self.clock()))
         loop = asyncio.get_running_loop()
         session.tasks = [
             loop.create_task(self._read(session), name=f"signal-read-{self.room}"),
@@ -347,6 +373,7 @@ class SignalLink:
         if previous is not None:
             # Replaced on the server already (DUPLICATE_IDENTITY): nothing to leave.
             self._spawn(previous.close(leave=False))
+        self._emit_all(self.view.resume(session.join.other_participants, self.clock()))
 
     async def _read(self, session: _Session) -> None:
         why = "socket_closed"
@@ -354,14 +381,9 @@ class SignalLink:
             while True:
                 async with asyncio.timeout(session.ping_timeout):
                     message = await session.ws.receive()
+                if message.type in _SOCKET_ENDS:
+                    break
                 if message.type is not aiohttp.WSMsgType.BINARY:
-                    if message.type in (
-                        aiohttp.WSMsgType.CLOSE,
-                        aiohttp.WSMsgType.CLOSING,
-                        aiohttp.WSMsgType.CLOSED,
-                        aiohttp.WSMsgType.ERROR,
-                    ):
-                        break
                     continue
                 response = _parse(message.data)
                 if response is None:
@@ -375,6 +397,9 @@ class SignalLink:
             why = "ping_timeout"  # no pong, nor anything else, within the server's timeout
         except aiohttp.ClientError:
             why = "socket_error"
+        except Exception:  # a bug here must not leave the link dead without a word
+            log.exception("signal_read_failed", room=self.room)
+            why = "error"
         self._ended(session, why)
 
     def _on_response(self, session: _Session, response: signal.SignalResponse) -> str | None:
@@ -404,9 +429,8 @@ class SignalLink:
         """A session ended on its own: the link is lost, unless it was replaced."""
         if session is not self._session or self._closing:
             return
-        if self._renewing:
-            # The replacement may be what ended it (DUPLICATE_IDENTITY): let it decide.
-            self._loss_while_renewing = (session, why)
+        if self._renewing and why == str(Reason.DUPLICATE_IDENTITY):
+            self._replaced = session  # most likely by our own renewal: it decides
             return
         self._lose(session, why)
 
@@ -423,45 +447,53 @@ class SignalLink:
             self.hooks.lost(self.room, self.room_sid if closed else None, why)
 
     async def _renew_each_minute(self) -> None:
-        while True:
-            session = self._session
-            if session is None:
-                return
-            await asyncio.sleep(max(0.0, session.opened + RENEW_AFTER_SECONDS - time.monotonic()))
-            while self._session is session:
-                renewed = await self._renew(session)
-                self.hooks.renewed(self.room, renewed)
-                if renewed or self._session is not session:
-                    break
-                left = session.opened + RENEW_LAST_SECONDS - time.monotonic()
-                if left <= 0:
-                    return  # JOIN_FAILURE will end the link; the service joins again
-                await asyncio.sleep(min(RENEW_RETRY_SECONDS, left))
-
-    async def _renew(self, session: _Session) -> bool:
-        self._renewing = True
-        self._loss_while_renewing = None
+        session = self._session
         try:
-            fresh = await self._open_session(self._token)
+            while session is not None:
+                await asyncio.sleep(
+                    max(0.0, session.opened + RENEW_AFTER_SECONDS - time.monotonic())
+                )
+                while self._session is session:
+                    left = session.opened + RENEW_DEADLINE_SECONDS - time.monotonic()
+                    if left <= 0:
+                        return  # JOIN_FAILURE ends the link; the service joins again
+                    renewed = await self._renew(session, min(self._within, left))
+                    if renewed is not None:
+                        self.hooks.renewed(self.room, renewed)
+                    if self._session is not session:
+                        break
+                    await asyncio.sleep(RENEW_RETRY_SECONDS)
+                session = self._session
+        except Exception:  # a bug here must not leave the link to die at the minute unseen
+            log.exception("signal_renew_failed", room=self.room)
+            if self._session is not None:
+                self._lose(self._session, "error")
+
+    async def _renew(self, session: _Session, within: float) -> bool | None:
+        """Replace `session` by a new one: True if it was, False if the attempt failed,
+        None if the link no longer needed it (closed, lost, or its room closed)."""
+        self._renewing, self._replaced = True, None
+        try:
+            fresh: _Session | None = await self._open_session(self._token, within)
         except JoinFailed as error:
             log.info("room_renew_failed", room=self.room, error=str(error))
             fresh = None
         finally:
             self._renewing = False
-        loss, self._loss_while_renewing = self._loss_while_renewing, None
+        replaced, self._replaced = self._replaced, None
         if self._closing or self._session is not session:
             if fresh is not None:
-                await fresh.close(leave=True)
-            return False
+                self._spawn(fresh.close(leave=True))
+            return None
         if fresh is None:
-            if loss is not None:
-                self._lose(*loss)
+            if replaced is not None:  # the server ended the old session all the same
+                self._lose(session, str(Reason.DUPLICATE_IDENTITY))
             return False
         if fresh.join.room.sid != self.room_sid:
-            # The room closed meanwhile and the join made a new one: leave it at once.
-            await fresh.close(leave=True)
-            self._lose(session, loss[1] if loss is not None else str(Reason.ROOM_CLOSED))
-            return False
+            # The room closed meanwhile, and this join made a new one: leave it at once.
+            self._lose(session, str(Reason.ROOM_CLOSED))
+            self._spawn(fresh.close(leave=True))
+            return None
         self._adopt(fresh)
         return True
 
@@ -491,11 +523,11 @@ class SignalObservers:
         http = self._http
         assert http is not None
 
-        async def open_session(with_token: str) -> _Session:
-            return await _open_session(http, url, with_token, within)
+        async def open_session(with_token: str, seconds: float) -> _Session:
+            return await _open_session(http, url, with_token, seconds)
 
         link = SignalLink(
-            room, hooks, self.submit, self.clock, open_session, token, self._links.discard
+            room, hooks, self.submit, self.clock, open_session, token, within, self._links.discard
         )
         await link.open()
         self._links.add(link)

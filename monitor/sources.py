@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 
+_SIP = models.ParticipantInfo.Kind.SIP
+
+
 def participant_from_info(info: models.ParticipantInfo) -> Participant:
     joined_ms = info.joined_at_ms or info.joined_at * 1000
     return Participant(
@@ -124,6 +127,10 @@ WEBHOOK_EVENTS_USED = (
 def events_of_webhook(event: webhook.WebhookEvent, at: float) -> list[Event]:
     room = event.room.name
     room_sid = event.room.sid
+    if event.event.startswith("participant_") and event.participant.kind != _SIP:
+        # Not a call: agents, browsers, and this monitor's own observer, whose every
+        # renewed session ends with a participant_connection_aborted webhook.
+        return []
     if event.event == "participant_joined":
         return [
             ParticipantSeen(

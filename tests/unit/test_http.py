@@ -151,12 +151,30 @@ def test_the_webhook_kinds_named_for_livekit_servers_filter_are_the_ones_read() 
     monitor reads, nor let one through that it ignores."""
     others = ("room_started", "track_published", "track_unpublished", "egress_started")
     kinds = {*WEBHOOK_EVENTS_USED, *others}
+    sip = models.ParticipantInfo(sid="PA_1", kind=models.ParticipantInfo.Kind.SIP)
     read = {
         kind
         for kind in kinds
-        if events_of_webhook(webhook.WebhookEvent(event=kind, room=models.Room(name="r")), 0.0)
+        if events_of_webhook(
+            webhook.WebhookEvent(event=kind, room=models.Room(name="r"), participant=sip), 0.0
+        )
     }
     assert read == set(WEBHOOK_EVENTS_USED)
+
+
+def test_webhooks_about_participants_that_are_not_calls_give_no_event() -> None:
+    """Agents, browsers, and the monitor's own observer (each renewed session of it ends
+    with a participant_connection_aborted webhook) are not calls: nothing to journal."""
+    kinds = ("participant_joined", "participant_left", "participant_connection_aborted")
+    for kind, _ in models.ParticipantInfo.Kind.items():
+        if kind == "SIP":
+            continue
+        for event in kinds:
+            participant = models.ParticipantInfo(sid="PA_1", identity="call-monitor-x-1", kind=kind)
+            hook = webhook.WebhookEvent(
+                event=event, room=models.Room(name="r"), participant=participant
+            )
+            assert events_of_webhook(hook, 0.0) == [], (event, kind)
 
 
 async def test_joined_and_room_finished_webhooks(served: tuple[Monitor, Client]) -> None:
