@@ -53,6 +53,8 @@ BACKLOG: Final = 512
 MIN_AGE: Final = 0.1
 # The kernel doubles it for its own bookkeeping: 32 KiB per connection.
 RECEIVE_BUFFER: Final = 2**12
+# Closed connections remembered before the acceptance times are pruned.
+_CLOSED_KEPT: Final = 32
 
 
 def handler_settings(idle_timeout_seconds: float) -> dict[str, Any]:
@@ -112,7 +114,9 @@ class ConnectionCap:
         connections = server.connections  # oldest first; closing ones too, for a moment
         if len(connections) >= self.limit and not self._make_room(connections):
             return _Refused()
-        if len(self._accepted_at) > 2 * self.limit:  # forget the closed ones
+        if len(self._accepted_at) > len(connections) + _CLOSED_KEPT:
+            # Forget the closed ones soon: a closed handler holds its buffers while it
+            # is referenced here (aiohttp's handlers take no weak references).
             self._accepted_at = {c: self._accepted_at.get(c, 0.0) for c in connections}
         handler = server()
         self._accepted_at[handler] = self._clock()
