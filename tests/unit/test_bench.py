@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from bench.report import evaluate_targets, fmt, load_focused, load_runs, render, table
+from bench.report import (
+    evaluate_targets,
+    fmt,
+    load_focused,
+    load_runs,
+    render,
+    table,
+    target_cells,
+)
 from bench.stats import CounterPoll, counter_visibility, percentile, rate, summarize
 
 
@@ -85,10 +93,12 @@ def test_fmt_and_table() -> None:
     assert table(["a", "b"], [[1, "x|y"]]) == "| a | b |\n|---|---|\n| 1 | x\\|y |"
 
 
-def _cell(size: int, mode: str, **derived: Any) -> dict[str, Any]:
-    return {
+def _cell(
+    size: int, mode: str, mix: str = "long", observer: str | None = "signal", **derived: Any
+) -> dict[str, Any]:
+    cell: dict[str, Any] = {
         "size": size,
-        "mix": "realistic",
+        "mix": mix,
         "mode": mode,
         "carried": True,
         "live_calls_mean": float(size),
@@ -96,56 +106,81 @@ def _cell(size: int, mode: str, **derived: Any) -> dict[str, Any]:
         "latency_metrics": {"target_changes_ms": {"n": 100, "p50": 20.0, "p99": 80.0}},
         "derived": derived,
     }
+    if observer is not None:  # runs before the signal observer record none
+        cell["observer"] = observer
+    return cell
 
 
 def _run(*cells: dict[str, Any]) -> dict[str, Any]:
     return {"command": "python -m bench", "cells": list(cells), "versions": {}, "machine": {}}
 
 
+JOIN_COST = {
+    "when": "2026-12-05T12:01:26+0000",
+    "mean": {
+        "signal": {"cpu_s_per_join": 0.0012, "server_cpu_s_per_join": 0.0035},
+        "stderr": {"cpu_s_per_join": 0.0348, "server_cpu_s_per_join": 0.0243},
+    },
+}
+
+
 def test_targets_name_where_they_were_measured_and_by_how_much_they_are_missed() -> None:
-    run = _run(
-        _cell(
-            100,
-            "setup",
-            monitor_rss_mib=300.0,
-            monitor_cpu_cores=0.3,
-            main_rss_per_tracked_call_kib=12.0,
-            cpu_per_100_events_per_s=0.05,
-            steady_events_per_s=40.0,
-            reconcile_requests_per_s=3.4,
-            poll_1s_nominal_requests_per_s=100.0,
-            reconcile_livekit_cpu_est=0.001,
-            poll_1s_livekit_cpu_est=0.03,
+    heavy = _cell(160, "setup", "setup-heavy", monitor_cpu_cores=0.3)
+    heavy["load"]["calls_per_second"] = 38.5
+    runs = [
+        (
+            "20261205",
+            _run(
+                _cell(
+                    1000,
+                    "setup",
+                    monitor_rss_mib=120.0,
+                    monitor_cpu_cores=0.3,
+                    main_cpu_per_100_events_per_s=0.04,
+                    steady_events_per_s=40.0,
+                    reconcile_requests_per_s=3.4,
+                    poll_1s_nominal_requests_per_s=100.0,
+                    reconcile_livekit_cpu_est=0.001,
+                    poll_1s_livekit_cpu_est=0.03,
+                ),
+                _cell(500, "whole_call", monitor_rss_mib=300.0, monitor_cpu_cores=0.2),
+                heavy,
+            ),
         ),
-        _cell(500, "setup", monitor_rss_mib=600.0, monitor_cpu_cores=0.2),
-    )
-    rows = {(r["target"], r["where"]): r for r in evaluate_targets(run)}
+        # Before the signal observer: not what the targets are judged on.
+        ("20261204", _run(_cell(1000, "whole_call", observer=None, monitor_cpu_cores=0.01))),
+    ]
+    rows = evaluate_targets(target_cells(runs), JOIN_COST)
     by_target: dict[str, list[dict[str, str]]] = {}
-    for (target, _where), row in rows.items():
-        by_target.setdefault(target, []).append(row)
-    latency = by_target["p99 change-to-metric latency < 50 ms at 1,000 calls"]
-    setup = next(r for r in latency if "setup" in r["where"])
-    assert setup["verdict"] == "**missed**"
-    assert setup["by"] == "by 30.0 ms (x1.60)"
-    assert "500 calls" in setup["where"]
-    assert "not 1,000" in setup["where"]
-    whole = next(r for r in latency if r["where"] == "not run")
-    assert whole["verdict"] == "not measured"
-    memory = by_target["1,000 calls (realistic) within 512 MiB"][0]
-    assert (memory["verdict"], memory["by"]) == ("**missed**", "by 88.0 MiB (x1.17)")
-    cpu = by_target["... and within 1/4 of a core"][0]
-    assert cpu["verdict"] == "met"
-    tracked = by_target["a tracked call the observer is not in < 20 KiB"][0]
-    assert tracked["measured"] == "-"  # measured at 100, the largest size has none
-    assert tracked["verdict"] == "not measured"
-    events = by_target["100 call events/s within 10% of a core"][0]
+    for row in rows:
+        by_target.setdefault(row["target"], []).append(row)
+    setup_cpu, whole_cpu = by_target["1,000 calls of real length within 1/4 of a core"]
+    assert (setup_cpu["verdict"], setup_cpu["by"]) == ("**missed**", "by 0.050 cores (x1.20)")
+    assert setup_cpu["where"] == "1000 calls, long, setup (run 20261205)"
+    assert whole_cpu["verdict"] == "met"
+    assert "not 1,000" in whole_cpu["where"]
+    setup_rss, whole_rss = by_target["... and 256 MiB"]
+    assert setup_rss["verdict"] == "met"
+    assert (whole_rss["verdict"], whole_rss["by"]) == ("**missed**", "by 44.0 MiB (x1.17)")
+    latency = by_target["p99 change-to-metric latency < 50 ms at 1,000 calls"][0]
+    assert (latency["verdict"], latency["by"]) == ("**missed**", "by 30.0 ms (x1.60)")
+    [events] = by_target["100 call events/s within 5% of a core, the main process in place"]
+    assert events["measured"] == "4.0% of a core per 100 events/s at 40 events/s"
     assert events["verdict"] == "met"
+    [setup_heavy] = by_target["40 new calls a second (setup-heavy) within 1/2 a core"]
+    assert setup_heavy["verdict"] == "met"
+    assert setup_heavy["by"].endswith("at 38.5 new calls/s, not 40")
+    [joins] = [r for t, rs in by_target.items() if t.startswith("per join") for r in rs]
+    assert joins["measured"] == "29x less monitor CPU, 6.9x less livekit-server CPU"
+    assert joins["verdict"] == "met"
     reconcile = next(r for t, rs in by_target.items() if "reconciliation" in t for r in rs)
     assert reconcile["verdict"] == "met"
     assert (
-        "100/realistic/setup: 3.4 vs 100 requests/s (0.10% vs 3.00% of a core)"
+        "1000/long/setup: 3.4 vs 100 requests/s (0.10% vs 3.00% of a core)"
         in (reconcile["measured"])
     )
+    nothing = evaluate_targets([], None)
+    assert {row["verdict"] for row in nothing} == {"not measured"}
 
 
 def test_render_shows_the_targets_every_run_and_the_notes() -> None:
@@ -154,17 +189,18 @@ def test_render_shows_the_targets_every_run_and_the_notes() -> None:
         _cell(100, "whole_call", monitor_rss_mib=200.0, monitor_cpu_cores=0.2),
     )
     quick = {**_run(_cell(20, "setup"), _cell(20, "whole_call")), "quick": True}
-    one_cell = _run(_cell(100, "setup"))  # narrowed (a profile): not where targets come from
+    one_cell = _run(_cell(100, "setup", "realistic"))
     text = render(
         [("20261127", one_cell), ("20261126-quick", quick), ("20261125", run)],
         notes="## Notes\n\nhand-written",
     )
     assert text.startswith("# Benchmark results")
-    assert "## Targets (latest run: 20261125)" in text
+    # Every full run of the signal observer counts; a quick one does not.
+    assert "## Targets (runs 20261127, 20261125)" in text
     assert "### Run 20261127" in text
     assert "### Run 20261126-quick (quick)" in text
     assert "### Run 20261125" in text
-    assert "| 100 | realistic | setup |" in text
+    assert "| 100 | long | setup |" in text
     assert text.rstrip().endswith("hand-written")
     assert render([]).count("No runs yet.") == 1
 
