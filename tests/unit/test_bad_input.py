@@ -8,15 +8,21 @@ its own documented error, the machine never raises, and odd input shows as anoma
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from aiohttp.test_utils import TestClient, TestServer
+from google.protobuf.json_format import MessageToJson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from livekit.protocol import models, webhook
 
+from monitor.config import load_settings
+from monitor.http import build_app
 from monitor.journal import (
     _TYPE_OF,
     BadLine,
@@ -44,7 +50,9 @@ from monitor.model import (
     Source,
     Tick,
 )
+from monitor.service import Monitor
 from monitor.sources import events_of_webhook
+from tests.unit.test_http import KEY, SECRET, queued, signed
 
 T0 = 1_800_000_000.0
 # Strings as protobuf carries them: any Unicode but lone surrogates (not valid UTF-8).
@@ -117,14 +125,47 @@ def run(book: CallBook, events: list[Event]) -> list[Any]:
     return effects
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+async def _post_signed(bodies: list[webhook.WebhookEvent]) -> tuple[list[int], list[Event]]:
+    """Each body as livekit-server sends it (JSON, signed with the key, the body's hash
+    in the token) to the monitor's real HTTP app; the answers and the events queued."""
+    environ = {
+        "LIVEKIT_URL": "ws://127.0.0.1:1",
+        "LIVEKIT_API_KEY": KEY,
+        "LIVEKIT_API_SECRET": SECRET,
+    }
+    monitor = Monitor(load_settings({"http_port": "0"}, environ))
+    client = TestClient(TestServer(build_app(monitor)))
+    await client.start_server()
+    statuses: list[int] = []
+    try:
+        for body in bodies:
+            text = MessageToJson(body)
+            answer = await client.post(
+                "/webhook", data=text, headers={"Authorization": signed(text)}
+            )
+            statuses.append(answer.status)
+    finally:
+        await client.close()
+    return statuses, queued(monitor)
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(webhook_events(), min_size=1, max_size=6))
 def test_any_signed_webhook_body_becomes_events_the_machine_takes(
     bodies: list[webhook.WebhookEvent],
 ) -> None:
-    events: list[Event] = []
-    for at, body in enumerate(bodies):
-        events += events_of_webhook(body, T0 + at)
+    statuses, events = asyncio.run(_post_signed(bodies))
+    # Signed by us and a WebhookEvent: accepted whatever it says, unless it is larger
+    # than CALL_MONITOR_WEBHOOK_MAX_BYTES (1 MiB).
+    fits = [len(MessageToJson(body).encode()) <= 2**20 for body in bodies]
+    assert statuses == [200 if fit else 413 for fit in fits]
+    expected = [
+        event
+        for body, fit in zip(bodies, fits, strict=True)
+        if fit
+        for event in events_of_webhook(body, 0.0)
+    ]
+    assert [replace(e, at=0.0) for e in events] == expected
     effects = run(CallBook(MachineSettings(settle_seconds=1.0)), events)
     started = [effect.call.key for effect in effects if isinstance(effect, CallStarted)]
     ended = [effect.call.key for effect in effects if isinstance(effect, CallEnded)]
