@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+import aiohttp
 import structlog
 from livekit import api
 from prometheus_client import CollectorRegistry
@@ -45,7 +46,7 @@ from monitor.model import (
 from monitor.room_link import LinkHooks, Observers, RoomLink
 from monitor.rtc_observers import ObserverPool
 from monitor.signal_observer import SignalObservers
-from monitor.sources import WebhookIntake, listing_events
+from monitor.sources import RoomListings, WebhookIntake, listing_events
 
 __all__ = ["Monitor", "observer_token", "run_until_signalled"]
 
@@ -423,7 +424,7 @@ class Monitor:
 
     # ---- reconciliation -------------------------------------------------------------
 
-    async def reconcile_once(self, lkapi: api.LiveKitAPI) -> None:
+    async def reconcile_once(self, lkapi: api.LiveKitAPI, listings: RoomListings) -> None:
         """Compare livekit-server's rooms and participants with the calls known.
 
         Every SIP participant listed is a snapshot event (a call started while the
@@ -443,9 +444,7 @@ class Monitor:
 
         async def list_one(name: str, room_sid: str) -> None:
             async with gate:
-                answer = await self._api(
-                    lkapi.room.list_participants(api.ListParticipantsRequest(room=name))
-                )
+                answer = await self._api(listings.participants(name))
             now = self.clock()
             events, sids = listing_events(now, name, room_sid, answer.participants)
             known = {call.participant_sid for call in self.book.calls_in_room(name)}
@@ -460,11 +459,12 @@ class Monitor:
         # A TaskGroup: one listing that fails cancels the others, so that no request of
         # a failed pass is left running on a livekit-server already struggling.
         try:
-            async with asyncio.TaskGroup() as listings:
+            async with asyncio.TaskGroup() as requests:
                 for listed_room in to_list:
-                    listings.create_task(list_one(listed_room.name, listed_room.sid))
+                    requests.create_task(list_one(listed_room.name, listed_room.sid))
         except ExceptionGroup as failed:
             raise failed.exceptions[0] from None
+        listings.keep_only(listed)
         for info in listed.values():
             self._room_opened(info.name, info.sid)
         # A closed room whose calls have all ended needs no marker any more.
@@ -533,11 +533,11 @@ class Monitor:
         fresh = joined is not None and now - joined < _WEBHOOK_HEADSTART_SECONDS
         return fresh and event.participant.sid not in known
 
-    async def _reconcile(self, lkapi: api.LiveKitAPI) -> None:
+    async def _reconcile(self, lkapi: api.LiveKitAPI, listings: RoomListings) -> None:
         failures = 0
         while True:
             try:
-                await self.reconcile_once(lkapi)
+                await self.reconcile_once(lkapi, listings)
             except Exception as error:
                 failures += 1
                 self.metrics.reconcile_run(False, 0.0)
@@ -574,6 +574,14 @@ class Monitor:
                 http_url, self.settings.livekit_api_key, self.settings.livekit_api_secret
             )
             stack.push_async_callback(lkapi.aclose)
+            listing_session = aiohttp.ClientSession()
+            stack.push_async_callback(listing_session.close)
+            listings = RoomListings(
+                http_url,
+                self.settings.livekit_api_key,
+                self.settings.livekit_api_secret,
+                listing_session,
+            )
             consumer = asyncio.create_task(self._consume(), name="consume-events")
             # Registered before the HTTP server, so it runs after the server has stopped:
             # nothing is accepted once the queue is drained and the journal closed.
@@ -583,7 +591,7 @@ class Monitor:
             await self.observers.start()
             tasks = [
                 asyncio.create_task(self._tick(), name="clock"),
-                asyncio.create_task(self._reconcile(lkapi), name="reconcile"),
+                asyncio.create_task(self._reconcile(lkapi, listings), name="reconcile"),
                 asyncio.create_task(self.journal_sync.run(), name="journal-fsync"),
             ]
             log.info(

@@ -33,6 +33,7 @@ from monitor.journal import BadLine, read_journal
 from monitor.journal_sync import JournalSync
 from monitor.model import ParticipantSeen
 from monitor.service import Monitor
+from monitor.sources import RoomListings
 from stack.config import free_port
 from tests.unit.test_http import KEY, SECRET, signed
 
@@ -194,7 +195,9 @@ async def test_a_livekit_that_never_answers_turns_readiness_off_within_the_timeo
     monitor = Monitor(settings)
     monitor._set_ready(True, "")
     lkapi = api.LiveKitAPI(settings.livekit_url, KEY, SECRET)
-    reconciling = asyncio.create_task(monitor._reconcile(lkapi))
+    session = aiohttp.ClientSession()
+    listings = RoomListings(settings.livekit_url, KEY, SECRET, session)
+    reconciling = asyncio.create_task(monitor._reconcile(lkapi, listings))
     began = time.monotonic()
     try:
         async with asyncio.timeout(10):
@@ -205,6 +208,7 @@ async def test_a_livekit_that_never_answers_turns_readiness_off_within_the_timeo
         reconciling.cancel()
         await asyncio.gather(reconciling, return_exceptions=True)
         await lkapi.aclose()
+        await session.close()
         server.close()
         for writer in connections:
             writer.close()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import aiohttp
 from livekit import api
 
 from monitor.config import load_settings
 from monitor.model import Effect, Event, ParticipantSeen, Reason, Source
 from monitor.service import Monitor, observer_token
+from monitor.sources import RoomListings
 from tests.unit.script import CallScript
 
 KEY = "APIunit"
@@ -154,3 +156,24 @@ def test_a_join_webhook_after_its_rooms_room_finished_does_not_send_an_observer(
     assert isinstance(event, ParticipantSeen)
     monitor.process(replace(event, room_sid="RM_2"))
     assert monitor.room_needs_observer("call-test")
+
+
+async def test_a_rooms_listing_token_is_signed_once_and_renewed_at_half_its_life() -> None:
+    """livekit-api signs a JWT per request; a room's listing client keeps its token."""
+    now = [0.0]
+    session = aiohttp.ClientSession()
+    try:
+        listings = RoomListings(
+            "http://127.0.0.1:1", KEY, SECRET, session, lifetime=600.0, clock=lambda: now[0]
+        )
+        first = listings._client("call-a")
+        now[0] = 299.0
+        assert listings._client("call-a") is first
+        assert listings._client("call-b") is not first
+        now[0] = 301.0
+        renewed = listings._client("call-a")
+        assert renewed is not first
+        listings.keep_only(["call-b"])
+        assert listings._client("call-a") is not renewed  # forgotten, signed anew
+    finally:
+        await session.close()
