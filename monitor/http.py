@@ -42,7 +42,7 @@ from monitor.logs import LogRateLimiter
 from monitor.model import DialFailed, Event
 from monitor.privacy import NumberMasker
 from monitor.replay import record_summary
-from monitor.sources import WebhookRejected
+from monitor.sources import WebhookRejected, events_of_webhook, webhook_result
 
 if TYPE_CHECKING:
     from monitor.service import Monitor
@@ -211,14 +211,15 @@ async def webhook(request: web.Request) -> web.Response:
         monitor.metrics.webhook_request(_WEBHOOK_RESULT_OF_STATUS.get(raw.status, "bad_request"))
         return raw
     try:
-        events = monitor.webhooks.events(raw, sha256, monitor.clock())
+        hook = monitor.webhooks.parse(raw, sha256)
     except WebhookRejected as rejected:
         return _refuse_webhook(request, rejected)
+    events = events_of_webhook(hook, monitor.clock())
     unkept = await _keep(request, "webhook", events)
     if unkept is not None:
         monitor.metrics.webhook_request("error")
         return unkept
-    monitor.metrics.webhook_request("ok" if events else "ignored")
+    monitor.metrics.webhook_request(webhook_result(hook, events))
     # No body: livekit-server's notifier closes a response without reading it, and Go
     # reuses the connection only when there is nothing left to read. With a body,
     # every webhook came on a new connection.

@@ -117,7 +117,9 @@ EVENT_LAG_BUCKETS: Final = (
 # One reconcile pass lists every room and its participants: tens of ms to seconds.
 RECONCILE_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-# The results of a webhook request; anything else counts as "error".
+# The results of a webhook request; anything else counts as "error". "ignored": a
+# kind the monitor does not read; "not_a_call": a kind it reads, about a participant
+# that is no SIP call (an agent, a browser, the monitor's own observer).
 WEBHOOK_RESULTS: Final[tuple[str, ...]] = (
     "ok",
     "unauthorized",
@@ -125,6 +127,7 @@ WEBHOOK_RESULTS: Final[tuple[str, ...]] = (
     "too_large",
     "timeout",
     "ignored",
+    "not_a_call",
     "error",
 )
 

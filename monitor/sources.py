@@ -43,6 +43,7 @@ __all__ = [
     "events_of_webhook",
     "listing_events",
     "participant_from_info",
+    "webhook_result",
 ]
 
 
@@ -103,6 +104,11 @@ class WebhookIntake:
     def events(self, body: bytes, sha256: bytes, at: float) -> list[Event]:
         """The events of a webhook whose token `authenticate` accepted, if `body` is
         the one it signs ([] for kinds we do not use)."""
+        return events_of_webhook(self.parse(body, sha256), at)
+
+    def parse(self, body: bytes, sha256: bytes) -> webhook.WebhookEvent:
+        """The webhook whose token `authenticate` accepted, if `body` is the one it
+        signs; raises WebhookRejected."""
         if not hmac.compare_digest(hashlib.sha256(body).digest(), sha256):
             raise WebhookRejected("unauthorized", "body hash mismatch")
         try:
@@ -112,7 +118,7 @@ class WebhookIntake:
         except Exception as error:  # signed by us, but not a WebhookEvent
             text = str(error)[:200]
             raise WebhookRejected("bad_request", f"{type(error).__name__}: {text}") from None
-        return events_of_webhook(event, at)
+        return event
 
     def receive(self, body: str, authorization: str, at: float) -> list[Event]:
         """Both steps at once, for a body already read."""
@@ -127,6 +133,13 @@ WEBHOOK_EVENTS_USED = (
     "participant_connection_aborted",
     "room_finished",
 )
+
+
+def webhook_result(event: webhook.WebhookEvent, events: list[Event]) -> str:
+    """How a webhook counts in `webhook_requests_total`, once its events are known."""
+    if events:
+        return "ok"
+    return "not_a_call" if event.event in WEBHOOK_EVENTS_USED else "ignored"
 
 
 def events_of_webhook(event: webhook.WebhookEvent, at: float) -> list[Event]:

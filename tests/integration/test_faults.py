@@ -659,7 +659,12 @@ async def test_monitor_cut_off_from_livekit_recovers_and_ends_the_call_as_the_le
     reasons = [line["reason"] for line in logs if line["event"] == "readiness_changed"]
     assert reasons[-2].startswith("livekit-server API failed: "), reasons
     assert reasons[-1] == "", reasons
-    assert len([line for line in logs if line["event"] == "reconcile_failed"]) == failures
+    # Logged at a rate limit (one line per kind of error every 10 s, saying how many
+    # it stands for): never more lines than failures, and none counted twice.
+    failed_lines = [line for line in logs if line["event"] == "reconcile_failed"]
+    accounted = sum(1 + int(line.get("suppressed", 0)) for line in failed_lines)
+    assert 1 <= len(failed_lines) <= failures, failed_lines
+    assert accounted <= failures, failed_lines
     if mode == "whole_call":
         # The observer's room connection noticed the cut: the signal observer's link
         # is lost (then joined again), the rtc SDK reconnects on its own.

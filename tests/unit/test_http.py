@@ -162,6 +162,22 @@ def test_the_webhook_kinds_named_for_livekit_servers_filter_are_the_ones_read() 
     assert read == set(WEBHOOK_EVENTS_USED)
 
 
+async def test_a_webhook_about_a_participant_that_is_no_call_counts_as_such(
+    served: tuple[Monitor, Client],
+) -> None:
+    monitor, client = served
+    agent = models.ParticipantInfo(sid="PA_obs", identity="call-monitor-x-1", kind="AGENT")
+    hook = webhook.WebhookEvent(
+        event="participant_connection_aborted", room=models.Room(name="r"), participant=agent
+    )
+    body = MessageToJson(hook)
+    response = await client.post("/webhook", data=body, headers={"Authorization": signed(body)})
+    assert response.status == 200
+    assert queued(monitor) == []
+    assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "not_a_call"}) == 1
+    assert sample(monitor, "call_monitor_webhook_requests_total", {"result": "ignored"}) == 0
+
+
 def test_webhooks_about_participants_that_are_not_calls_give_no_event() -> None:
     """Agents, browsers, and the monitor's own observer (each renewed session of it ends
     with a participant_connection_aborted webhook) are not calls: nothing to journal."""
