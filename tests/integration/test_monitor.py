@@ -772,8 +772,10 @@ async def test_an_abandoned_join_neither_brings_the_process_down_nor_stays(
         observer = RoomObserver(
             room, stack.ws_url, observer_token(settings, room, identity), lambda e: None
         )
+        # 1 ms: no SDK connect (a WebSocket, then WebRTC) finishes that soon; 50 ms
+        # was once not enough to be sure of it.
         with pytest.raises(TimeoutError):
-            await observer.connect(0.05)
+            await observer.connect(0.001)
     await asyncio.sleep(15)  # past the FFI's wait for the ready request
     # Under load a connect may still be retrying; once it ends, it is left.
     for _ in range(60):
