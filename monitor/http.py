@@ -178,6 +178,8 @@ async def _keep(request: web.Request, endpoint: str, events: list[Event]) -> web
     acknowledged. None when kept; else a 503, so that the sender may try again (the
     machine takes a repeated event as the same fact)."""
     monitor = _monitor(request)
+    if not events:
+        return None  # nothing written: nothing to wait for
     kept = [monitor.submit(event) for event in events]
     try:
         async with asyncio.timeout(_SYNC_SECONDS):
