@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=(
             "py-spy the monitor's main process this long in the quiet phase of "
-            "realistic cells (default off)"
+            "every cell (default off)"
         ),
     )
     parser.add_argument(
@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         max_rate=args.max_rate,
                         out_dir=out_dir,
                         fast_scrape=args.fast_scrape,
-                        profile_seconds=args.profile if mix in ("realistic", "long") else 0.0,
+                        profile_seconds=args.profile,
                         profile_command=profile_command,
                         monitor_env=monitor_env,
                         webhook_events=WEBHOOK_EVENTS_USED if args.webhook_filter else (),

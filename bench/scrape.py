@@ -40,6 +40,7 @@ class Exposition:
     events: float = 0.0
     events_by_source: dict[str, float] = field(default_factory=dict)
     reconcile_runs: float = 0.0
+    reconcile_requests: float = 0.0
     room_connects: dict[str, float] = field(default_factory=dict)
     webhooks: dict[str, float] = field(default_factory=dict)
     ready: float = 0.0
@@ -85,6 +86,8 @@ def parse_exposition(text: str) -> Exposition:
             found.events_by_source[source] = found.events_by_source.get(source, 0.0) + value
         elif name == "call_monitor_reconcile_runs_total" and labels.get("result") == "success":
             found.reconcile_runs = value
+        elif name == "call_monitor_reconcile_requests_total":
+            found.reconcile_requests = value
         elif name == "call_monitor_room_connects_total":
             found.room_connects[labels.get("result", "")] = value
         elif name == "call_monitor_webhook_requests_total":

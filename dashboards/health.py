@@ -319,11 +319,21 @@ def health_board() -> Board:
     )
     board.add(
         timeseries_panel(
-            "Reconcile runs by result",
+            "Reconcile runs by result, and its requests",
             "Passes per minute that compare LiveKit's room and participant listings with "
-            "the known calls, successful or failed.",
+            "the known calls, successful or failed; and the RoomService requests they "
+            "made per minute (a ListRooms each, a ListParticipants per room asked), the "
+            "load reconciliation puts on livekit-server.",
             "cpm",
-            [_per_minute("call_monitor_reconcile_runs_total", "result", "{{result}}")],
+            [
+                _per_minute("call_monitor_reconcile_runs_total", "result", "{{result}}"),
+                _per_minute(
+                    "call_monitor_reconcile_requests_total",
+                    "instance",
+                    "{{instance}} requests",
+                    ref_id="B",
+                ),
+            ],
             min_value=0,
             red_series="failure",
         )

@@ -384,6 +384,12 @@ class MonitorMetrics:
         )
         for result in ("success", "failure"):
             self._reconcile_runs.labels(result=result)
+        self._reconcile_requests = Counter(
+            "reconcile_requests",
+            "RoomService requests reconciliation made: one ListRooms a pass, and one "
+            "ListParticipants per room it asked.",
+            **common,
+        )
         self._reconcile_seconds = Histogram(
             "reconcile_duration",
             "How long one reconciliation pass took.",
@@ -492,6 +498,9 @@ class MonitorMetrics:
     def journal_partial_lines(self, count: int) -> None:
         """Partial last lines the journal writer set aside when it opened the journal."""
         self._journal_partial_lines.inc(max(0, count))
+
+    def reconcile_request(self) -> None:
+        self._reconcile_requests.inc()
 
     def reconcile_run(self, ok: bool, seconds: float) -> None:
         self._reconcile_runs.labels(result="success" if ok else "failure").inc()

@@ -153,6 +153,7 @@ class Monitor:
         self._suspects: dict[str, float] = {}
         self._suspect_rooms: set[str] = set()
         self._room_seen: dict[str, float] = {}
+        self._listed_every_room = False  # until the first pass has asked every room
         # room -> sid of a room not to join: one that ended (its room_finished, or with
         # an observer in it), or one an observer's join created after the calls' room
         # closed (livekit-server creates a missing room for anyone who joins). Such a
@@ -432,18 +433,18 @@ class Monitor:
         two listings in a row is declared gone: one miss may be a listing racing a join.
         """
         started = time.monotonic()
+        self.metrics.reconcile_request()
         listing = await self._api(lkapi.room.list_rooms(api.ListRoomsRequest()))
         now = self.clock()
         listed = {room.name: room for room in listing.rooms}
         known_rooms = self.book.rooms()
-        # Every room is listed: ListRooms' num_participants lags a new participant by
-        # seconds (measured on livekit-server 1.13.5), so it cannot tell which to skip.
-        to_list = list(listed.values())
+        to_list = [room for room in listed.values() if self._worth_listing(room, known_rooms)]
         gate = asyncio.Semaphore(_RECONCILE_CONCURRENCY)
         missing: set[tuple[str, str]] = set()
 
         async def list_one(name: str, room_sid: str) -> None:
             async with gate:
+                self.metrics.reconcile_request()
                 answer = await self._api(listings.participants(name))
             now = self.clock()
             events, sids = listing_events(now, name, room_sid, answer.participants)
@@ -465,6 +466,7 @@ class Monitor:
         except ExceptionGroup as failed:
             raise failed.exceptions[0] from None
         listings.keep_only(listed)
+        self._listed_every_room = True
         for info in listed.values():
             self._room_opened(info.name, info.sid)
         # A closed room whose calls have all ended needs no marker any more.
@@ -503,6 +505,21 @@ class Monitor:
         # Only live calls' sightings matter; a late room event can add an ended one's.
         live = {call.participant_sid for call in self.book.live_calls()}
         self._room_seen = {sid: at for sid, at in self._room_seen.items() if sid in live}
+
+    def _worth_listing(self, room: api.Room, known_rooms: set[str]) -> bool:
+        """Whether to ask a listed room who is in it.
+
+        Rooms that calls have left, lingering to their empty timeout, were most of the
+        requests (bench/notes.md); ListRooms says they are empty. Its count lags a join
+        by up to 5 s (livekit-server updates it on a 5 s timer), but with webhooks on, a
+        call that joined meanwhile has its `participant_joined` on the way, and if that
+        is lost the count shows the call at the next pass. The first pass asks every
+        room: the webhooks sent before the monitor started reached no one. Without
+        webhooks the listing is how calls are found: every room is asked.
+        """
+        if not self.settings.webhooks or not self._listed_every_room:
+            return True
+        return room.num_participants > 0 or room.name in known_rooms
 
     async def _api(self, request: Awaitable[_Answer]) -> _Answer:
         """One LiveKit API request, bounded: livekit-api sets no timeout of its own (it

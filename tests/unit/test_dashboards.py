@@ -96,7 +96,7 @@ REQUIRED_PANELS = {
         "Events per second",
         "Anomalies by kind",
         "Journal write errors",
-        "Reconcile runs by result",
+        "Reconcile runs by result, and its requests",
         "Reconcile duration",
     },
 }

@@ -324,6 +324,8 @@ def test_observer_health_facts_are_counted() -> None:
     metrics.journal_partial_lines(1)
     metrics.reconcile_run(ok=True, seconds=0.3)
     metrics.reconcile_run(ok=False, seconds=2.0)
+    for _ in range(3):
+        metrics.reconcile_request()
     metrics.ready(True)
 
     assert value(registry, "call_monitor_room_connects_total", result="success") == 2
@@ -348,6 +350,7 @@ def test_observer_health_facts_are_counted() -> None:
     assert value(registry, "call_monitor_reconcile_runs_total", result="success") == 1
     assert value(registry, "call_monitor_reconcile_runs_total", result="failure") == 1
     assert value(registry, "call_monitor_reconcile_duration_seconds_sum") == pytest.approx(2.3)
+    assert value(registry, "call_monitor_reconcile_requests_total") == 3
     assert value(registry, "call_monitor_ready") == 1
     metrics.ready(False)
     assert value(registry, "call_monitor_ready") == 0

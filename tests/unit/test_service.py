@@ -177,3 +177,22 @@ async def test_a_rooms_listing_token_is_signed_once_and_renewed_at_half_its_life
         assert listings._client("call-a") is not renewed  # forgotten, signed anew
     finally:
         await session.close()
+
+
+def test_reconciliation_skips_empty_rooms_without_calls_once_it_has_asked_every_room() -> None:
+    monitor = Monitor(load_settings({}, ENV))
+    empty, busy = api.Room(name="left-behind"), api.Room(name="busy", num_participants=2)
+    known = api.Room(name="call-test")  # ListRooms' count lags: empty, yet a call is known
+    feed(monitor, CallScript().seen(0.0, "dialing"))
+    rooms = monitor.book.rooms()
+    # The first pass asks every room: webhooks sent before the start reached no one.
+    assert all(monitor._worth_listing(room, rooms) for room in (empty, busy, known))
+    monitor._listed_every_room = True
+    assert [room.name for room in (empty, busy, known) if monitor._worth_listing(room, rooms)] == [
+        "busy",
+        "call-test",
+    ]
+    # Without webhooks the listing is how calls are found: every room, every pass.
+    without = Monitor(load_settings({"webhooks": "false"}, ENV))
+    without._listed_every_room = True
+    assert without._worth_listing(empty, set())
