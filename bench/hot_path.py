@@ -31,7 +31,7 @@ from livekit import api
 from livekit.protocol import models, webhook
 
 from monitor.config import load_settings
-from monitor.journal import Header, decode_line, encode_event
+from monitor.journal import decode_event, encode_event
 from monitor.logs import CallLog, configure_logging
 from monitor.model import AttributesChanged, Participant, Source, Tick
 from monitor.privacy import NumberMasker
@@ -99,9 +99,7 @@ def _script(calls: int, start: float) -> list[Callable[[Monitor], None]]:
 
     def room_step(line: str) -> Callable[[Monitor], None]:
         def step(monitor: Monitor) -> None:
-            event = decode_line(line)
-            assert not isinstance(event, Header)
-            monitor.process(event)
+            monitor.process(decode_event(line))
 
         return step
 

@@ -319,6 +319,17 @@ def health_board() -> Board:
     )
     board.add(
         timeseries_panel(
+            "Calls restored from the journal at start",
+            "Calls that were open in each monitor's journal when it started, brought back "
+            "with their timings (a restart after a crash or a deploy); their ends are "
+            "counted once, by the process that sees them.",
+            "short",
+            [Query(expr=f"call_monitor_restored_calls{{{MONITOR}}}", legend="{{instance}}")],
+            min_value=0,
+        )
+    )
+    board.add(
+        timeseries_panel(
             "Reconcile runs by result, and its requests",
             "Passes per minute that compare LiveKit's room and participant listings with "
             "the known calls, successful or failed; and the RoomService requests they "

@@ -318,14 +318,14 @@ SETTINGS: tuple[Setting, ...] = (
         "journal_max_bytes",
         "CALL_MONITOR_JOURNAL_MAX_BYTES",
         _bounded_int(4096, 2**40),
-        str(100 * 2**20),
-        "rotate the journal at this size",
+        str(32 * 2**20),
+        "rotate the journal at this size (a restart reads back at most one file)",
     ),
     Setting(
         "journal_backups",
         "CALL_MONITOR_JOURNAL_BACKUPS",
         _bounded_int(0, 1000),
-        "5",
+        "15",
         "rotated journal files to keep",
     ),
     Setting(

@@ -5,9 +5,20 @@ feeds the same lines to a fresh machine, with the settings from the journal's he
 and gets the same outcomes. A line that cannot be read is reported with its number and
 the kind of fault, and skipped: one bad line never hides the rest of an incident.
 
-Each run starts with a header line. A last line without its newline (a write cut by a
-crash) is moved to `<path>.partial-<UTC time>` when the journal is opened again, so
-that the next event starts a line of its own instead of being glued to the fragment.
+Besides events, a `counted` line says that the sinks were given a call's start or end
+(metrics, the call log). A restarted monitor replays its journal and gives them what
+the events imply and no such line says was given (`monitor.restore`), so a crash
+neither loses a count nor makes one twice.
+
+Each run starts with a header line, and so does each file a rotation begins, followed
+there by an `ended_call` line for each call that ended in the last 15 minutes (so that
+a late event does not start it again) and an `open_call` line for each call open at
+that moment (its record, pending end and all): the newest file alone restores the
+machine, and is all a restart reads.
+
+A last line without its newline (a write cut by a crash) is moved to
+`<path>.partial-<UTC time>` when the journal is opened again, so that the next event
+starts a line of its own instead of being glued to the fragment.
 """
 
 from __future__ import annotations
@@ -18,26 +29,34 @@ import math
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
-from monitor.machine import MachineSettings
+from monitor.machine import Away, MachineSettings, OpenCall, PendingEnd, Tombstone
 from monitor.model import (
     AttributesChanged,
+    CallRecord,
+    CallState,
     DialFailed,
+    Direction,
+    EndedBy,
     Event,
+    Outcome,
     Participant,
     ParticipantLeft,
     ParticipantSeen,
     ParticipantVanished,
+    Reason,
     RoomEnded,
+    SipStatus,
     Source,
     Tick,
+    Timings,
     parse_reason,
 )
 
@@ -45,16 +64,25 @@ __all__ = [
     "FORMAT_VERSION",
     "BadLine",
     "BadLineKind",
+    "CarriedCall",
+    "CarriedEnd",
+    "Counted",
     "Header",
     "JournalError",
+    "JournalLine",
     "JournalWriter",
+    "decode_event",
     "decode_line",
+    "encode_ended_call",
     "encode_event",
     "encode_header",
+    "encode_open_call",
     "read_journal",
 ]
 
 FORMAT_VERSION = 1
+
+_Parsed = TypeVar("_Parsed")
 
 log = structlog.get_logger("call_monitor")
 
@@ -104,6 +132,68 @@ class Header:
     started_at: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """The sinks were given call `key`'s start (`started`) or end (`ended`) at `at`."""
+
+    what: str
+    key: str
+    at: float
+
+
+COUNTED_WHAT = ("started", "ended")
+
+
+def encode_counted(counted: Counted) -> str:
+    return json.dumps(
+        {
+            "v": FORMAT_VERSION,
+            "type": "counted",
+            "what": counted.what,
+            "key": counted.key,
+            "at": counted.at,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CarriedCall:
+    """An `open_call` line: a call open when its journal file began, as the book held it."""
+
+    at: float
+    call: OpenCall
+
+
+@dataclass(frozen=True, slots=True)
+class CarriedEnd:
+    """An `ended_call` line: a final call still remembered when its file began."""
+
+    at: float
+    key: str
+    stone: Tombstone
+
+
+def encode_ended_call(at: float, key: str, stone: Tombstone) -> str:
+    body = {"v": FORMAT_VERSION, "type": "ended_call", "at": at, "key": key, **asdict(stone)}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_open_call(at: float, call: OpenCall) -> str:
+    record = call.record
+    body: dict[str, Any] = {"v": FORMAT_VERSION, "type": "open_call", "at": at}
+    fields_of = {name: getattr(record, name) for name in record.__slots__}
+    fields_of["statuses"] = list(record.statuses)
+    fields_of["sources"] = sorted(record.sources)
+    fields_of["timings"] = asdict(record.timings)
+    body["record"] = fields_of
+    body["pending"] = None if call.pending is None else asdict(call.pending)
+    body["dial_failed"] = call.dial_failed
+    body["away"] = None if call.away is None else asdict(call.away)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_header(header: Header) -> str:
     return json.dumps(
         {
@@ -136,7 +226,10 @@ def encode_event(event: Event) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_line(line: str) -> Event | Header:
+JournalLine = Event | Header | Counted | CarriedCall | CarriedEnd
+
+
+def decode_line(line: str) -> JournalLine:
     """Parse one journal line; raises JournalError (and only that) naming what is wrong."""
     data = _json_object(line)
     if data.get("v") != FORMAT_VERSION:
@@ -144,13 +237,21 @@ def decode_line(line: str) -> Event | Header:
             BadLineKind.UNSUPPORTED_VERSION, f"unsupported journal version {data.get('v')!r:.40}"
         )
     kind = data.get("type")
-    if kind != "header" and kind not in _TYPE_OF.values():
+    if not isinstance(kind, str) or (kind not in _OTHER_TYPES and kind not in _TYPE_OF.values()):
         raise JournalError(BadLineKind.UNKNOWN_TYPE, f"unknown event type {kind!r:.40}")
     try:
         return _decode(kind, data)
     except (KeyError, TypeError, ValueError, OverflowError) as error:
         reason = _shortened(f"{type(error).__name__}: {error}")
         raise JournalError(BadLineKind.BAD_FIELD, f"bad {kind!r} event: {reason}") from None
+
+
+def decode_event(line: str) -> Event:
+    """Parse a line that must be an event (an observer process's); raises JournalError."""
+    found = decode_line(line)
+    if isinstance(found, Header | Counted | CarriedCall | CarriedEnd):
+        raise JournalError(BadLineKind.UNKNOWN_TYPE, f"a {type(found).__name__}, not an event")
+    return found
 
 
 def _shortened(reason: str) -> str:
@@ -178,10 +279,27 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def _decode(kind: object, data: dict[str, Any]) -> Event | Header:
+def _decode(kind: object, data: dict[str, Any]) -> JournalLine:
     if kind == "header":
         return _header(data)
     at = _time(data["at"])
+    if kind == "open_call":
+        return CarriedCall(at, _open_call(data))
+    if kind == "ended_call":
+        stone = Tombstone(
+            _time(data["expires_at"]),
+            _maybe(data.get("reason"), Reason),
+            _text(data["room"]),
+            _text(data["identity"]),
+            _flag(data.get("lost", False)),
+            _text(data.get("participant_sid", "")),
+        )
+        return CarriedEnd(at, _text(data["key"]), stone)
+    if kind == "counted":
+        what = data["what"]
+        if what not in COUNTED_WHAT:
+            raise ValueError(f"counted {what!r:.40} is neither started nor ended")
+        return Counted(what, _text(data["key"]), at)
     if kind == "tick":
         return Tick(at)
     source = Source(data["source"])
@@ -215,6 +333,78 @@ def _decode(kind: object, data: dict[str, Any]) -> Event | Header:
 
 
 _SETTING_NAMES = frozenset(field.name for field in fields(MachineSettings))
+_OTHER_TYPES = frozenset({"header", "counted", "open_call", "ended_call"})
+
+
+def _open_call(data: dict[str, Any]) -> OpenCall:
+    raw = _object(data["record"], "record")
+    times = _object(raw["timings"], "timings")
+    timings = Timings(
+        started_at=_time(times["started_at"]),
+        ringing_at=_maybe(times.get("ringing_at"), _time),
+        answered_at=_maybe(times.get("answered_at"), _time),
+        ended_at=_maybe(times.get("ended_at"), _time),
+        ringing_approximate=_flag(times.get("ringing_approximate", False)),
+        answer_approximate=_flag(times.get("answer_approximate", False)),
+    )
+    statuses = raw.get("statuses", [])
+    sources = raw.get("sources", [])
+    if not isinstance(statuses, list) or not isinstance(sources, list):
+        raise TypeError("statuses and sources are lists")
+    record = CallRecord(
+        key=_text(raw["key"]),
+        call_id=_text(raw["call_id"]),
+        room=_text(raw["room"]),
+        room_sid=_text(raw["room_sid"]),
+        participant_sid=_text(raw["participant_sid"]),
+        identity=_text(raw["identity"]),
+        direction=Direction(raw["direction"]),
+        trunk_id=_text(raw["trunk_id"]),
+        phone_number=_text(raw["phone_number"]),
+        trunk_phone_number=_text(raw["trunk_phone_number"]),
+        state=CallState(raw["state"]),
+        last_status=_maybe(raw.get("last_status"), SipStatus),
+        statuses=tuple(SipStatus(status) for status in statuses),
+        timings=timings,
+        outcome=_maybe(raw.get("outcome"), Outcome),
+        ambiguity=_text(raw.get("ambiguity", "")),
+        reason=_maybe(raw.get("reason"), Reason),
+        ended_by=_maybe(raw.get("ended_by"), EndedBy),
+        sip_status_code=_maybe(raw.get("sip_status_code"), _sip_code),
+        sip_status=_text(raw.get("sip_status", "")),
+        sources=frozenset(Source(source) for source in sources),
+    )
+    pending = _maybe(data.get("pending"), lambda p: _object(p, "pending"))
+    away = _maybe(data.get("away"), lambda a: _object(a, "away"))
+    return OpenCall(
+        record,
+        None
+        if pending is None
+        else PendingEnd(
+            _time(pending["at"]),
+            _maybe(pending.get("reason"), Reason),
+            int(_number(pending["strength"])),
+            _time(pending["deadline"]),
+        ),
+        _flag(data.get("dial_failed", False)),
+        None if away is None else Away(_number(away["since"]), _time(away["until"])),
+    )
+
+
+def _object(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} is not an object")
+    return value
+
+
+def _maybe(value: Any, parse: Callable[[Any], _Parsed]) -> _Parsed | None:
+    return None if value is None else parse(value)
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
 
 
 def _header(data: dict[str, Any]) -> Header:
@@ -293,7 +483,7 @@ class BadLine:
 
 def read_journal(
     paths: Iterable[Path], bad_lines: list[BadLine] | None = None
-) -> Iterator[Event | Header]:
+) -> Iterator[JournalLine]:
     """Events and headers of journal files in order; bad lines go to `bad_lines`.
 
     Never raises for what a file holds: a file that cannot be read (from some line on)
@@ -323,8 +513,19 @@ class JournalWriter:
     so any one file replays on its own and a restart shows in the journal.
     """
 
-    def __init__(self, path: Path, header: Header, max_bytes: int, backups: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        header: Header,
+        max_bytes: int,
+        backups: int,
+        carried: Callable[[], Iterable[str]] = tuple,
+    ) -> None:
         self.path = path
+        # `open_call` lines for the calls open now, written after the header of each
+        # file a rotation begins: the files that had their events may go next.
+        self._carried = carried
+        self._floor = 0  # the size of a new file's header and carried calls
         self._header = header
         self._header_line = (encode_header(header) + "\n").encode("utf-8")
         self._max_bytes = max_bytes
@@ -349,11 +550,20 @@ class JournalWriter:
 
     def write(self, event: Event) -> None:
         """Append one event; raises OSError for the caller to count."""
+        self._append(encode_event(event))
+
+    def write_counted(self, counted: Counted) -> None:
+        """Append a `counted` line; raises OSError for the caller to count."""
+        self._append(encode_counted(counted))
+
+    def _append(self, text: str) -> None:
         # Encoded first: the limit is on bytes, and non-ASCII text takes more than one.
-        line = (encode_event(event) + "\n").encode("utf-8")
+        line = (text + "\n").encode("utf-8")
         if self._fd is None:
             self._open()
-        elif self._size + len(line) > self._max_bytes:
+        elif self._size + len(line) > self._max_bytes and self._size > self._floor:
+            # Not while the file holds only what a rotation begins it with: carried
+            # calls larger than the limit would rotate at every line.
             self._rotate()
         before = self._size
         try:
@@ -459,6 +669,9 @@ class JournalWriter:
         else:
             self.path.unlink(missing_ok=True)
         self._open()
+        for line in self._carried():
+            self._write_all((line + "\n").encode("utf-8"))
+        self._floor = self._size
 
 
 def _end_of_last_full_line(path: Path, size: int) -> int:

@@ -12,14 +12,18 @@ Sources are equal and can be late, duplicated or out of order, so:
 - status only moves forward (`TRANSITIONS`); a backward move is an anomaly;
 - an end waits `settle_seconds` (state ENDING) for late evidence, such as the dial side's
   SIP code or the last attribute change arriving after the leave, then becomes final;
-- a final call leaves a tombstone, so late events never start it again or end it twice.
+- a final call leaves a tombstone, so late events never start it again or end it twice;
+- a call open across a restart of the monitor (`MonitorRestarted`) that then ends with
+  no source having seen it again ended while the monitor was away, and says so.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 from monitor.model import (
@@ -39,6 +43,7 @@ from monitor.model import (
     Direction,
     Effect,
     Event,
+    MonitorRestarted,
     Outcome,
     Participant,
     ParticipantLeft,
@@ -54,7 +59,16 @@ from monitor.model import (
 )
 from monitor.outcome import decide
 
-__all__ = ["END_TRANSITIONS", "TRANSITIONS", "CallBook", "MachineSettings"]
+__all__ = [
+    "END_TRANSITIONS",
+    "TRANSITIONS",
+    "Away",
+    "CallBook",
+    "MachineSettings",
+    "OpenCall",
+    "PendingEnd",
+    "Tombstone",
+]
 
 # Status-driven moves: the state a call may go to from each state. Anything else a
 # status asks for is a regression (anomaly, ignored). Skips are allowed: a call may go
@@ -128,7 +142,9 @@ _PARTICIPANT_REASON = 2  # the participant's own leave, with or without a reason
 
 
 @dataclass(frozen=True, slots=True)
-class _PendingEnd:
+class PendingEnd:
+    """An end waiting `settle_seconds` for late evidence; `strength` ranks its evidence."""
+
     at: float
     reason: Reason | None
     strength: int
@@ -136,19 +152,36 @@ class _PendingEnd:
 
 
 @dataclass(frozen=True, slots=True)
-class _Call:
-    record: CallRecord
-    pending: _PendingEnd | None = None
-    dial_failed: bool = False
+class Away:
+    """The monitor was down from `since` (its last event) to `until` (its restart)."""
+
+    since: float
+    until: float
 
 
 @dataclass(frozen=True, slots=True)
-class _Tombstone:
+class OpenCall:
+    """A call not yet final as the book holds it: what `open_calls` gives and `adopt`
+    takes back, so that a journal file can carry the calls open when it began."""
+
+    record: CallRecord
+    pending: PendingEnd | None = None
+    dial_failed: bool = False
+    # Set for a call open across a restart, until a source shows it again.
+    away: Away | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """What the book keeps of a final call for `tombstone_seconds`, so that late events
+    never start it again or end it twice; kept under its key and `sid:<sid>`."""
+
     expires_at: float
     reason: Reason | None
     room: str
     identity: str
     lost: bool = False  # ended as `lost`: no source had said how
+    participant_sid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +199,11 @@ class CallBook:
 
     def __init__(self, settings: MachineSettings | None = None) -> None:
         self.settings = settings or MachineSettings()
-        self._calls: dict[str, _Call] = {}
+        self._calls: dict[str, OpenCall] = {}
         self._key_of_sid: dict[str, str] = {}
         self._keys_of_room: dict[str, set[str]] = {}
         self._pending: dict[str, float] = {}  # key -> settle deadline
-        self._tombstones: OrderedDict[str, _Tombstone] = OrderedDict()
+        self._tombstones: OrderedDict[str, Tombstone] = OrderedDict()
         self._orphans: dict[tuple[str, str], _OrphanDial] = {}
         # (room, identity) -> (key, when it ended) of the latest final call there, for
         # late dial details
@@ -202,12 +235,69 @@ class CallBook:
         """Rooms with at least one call not yet final."""
         return set(self._keys_of_room)
 
+    def open_calls(self) -> list[OpenCall]:
+        """The calls not yet final with their pending ends, for `adopt` to take back."""
+        return list(self._calls.values())
+
+    def tombstones(self, ended_since: float) -> list[tuple[str, Tombstone]]:
+        """The final calls still remembered that ended at `ended_since` or later, oldest
+        first and each once (not again under its `sid:` name), for `adopt_tombstone`."""
+        found: list[tuple[str, Tombstone]] = []
+        given: set[int] = set()
+        newest_expiry = ended_since + self.settings.tombstone_seconds
+        for key, stone in self._tombstones.items():
+            if stone.expires_at >= newest_expiry and id(stone) not in given:
+                given.add(id(stone))
+                found.append((key, stone))
+        return found
+
+    # ---- the way back in after a restart ------------------------------------------
+
+    def adopt(self, call: OpenCall) -> bool:
+        """Take back a call `open_calls` gave (from a journal file whose earlier files
+        are gone); False, and nothing changes, if the book knows the call already,
+        open or final, or the call is not open. No effect: its start was counted."""
+        record = call.record
+        key = record.key
+        if key in self._calls or key in self._tombstones or record.state is CallState.ENDED:
+            return False
+        if record.participant_sid in self._key_of_sid:
+            return False  # the participant is another call here
+        self._calls[key] = call
+        self._key_of_sid[record.participant_sid] = key
+        self._keys_of_room.setdefault(record.room, set()).add(key)
+        if call.pending is not None:
+            self._pending[key] = call.pending.deadline
+        return True
+
+    def adopt_tombstone(self, key: str, stone: Tombstone) -> bool:
+        """Take back a final call `tombstones` gave; False if the book knows `key`."""
+        if key in self._calls or key in self._tombstones or stone.expires_at <= self._clock:
+            return False
+        self._tombstones[key] = stone
+        if stone.participant_sid:
+            self._tombstones.setdefault(f"sid:{stone.participant_sid}", stone)
+        if not key.startswith("sid:"):
+            ended_at = stone.expires_at - self.settings.tombstone_seconds
+            slot = (stone.room, stone.identity)
+            if self._ended_slots.get(slot, ("", float("-inf")))[1] <= ended_at:
+                self._ended_slots[slot] = (key, ended_at)
+        return True
+
     # ---- the one way in ---------------------------------------------------------
 
     def step(self, event: Event) -> list[Effect]:
         """Apply one event; return what happened, in order."""
+        since = self._clock
         effects = self._advance_clock(event.at)
         if isinstance(event, Tick):
+            return effects
+        if isinstance(event, MonitorRestarted):
+            # Ends already settled are final above; what is open now may have ended
+            # while the monitor was down.
+            away = Away(since, event.at)
+            for open_key, call in self._calls.items():
+                self._calls[open_key] = replace(call, away=away)
             return effects
         if isinstance(event, ParticipantSeen | AttributesChanged | ParticipantLeft):
             effects += self._on_participant(event)
@@ -244,6 +334,8 @@ class CallBook:
         if key not in self._calls:
             effects += self._start(key, event)
         else:
+            if self._calls[key].away is not None:
+                self._calls[key] = replace(self._calls[key], away=None)  # seen again
             self._fill_room_sid(key, event.room_sid)
             effects += self._apply_status(key, event)
         if isinstance(event, ParticipantLeft):
@@ -317,7 +409,7 @@ class CallBook:
             timings=Timings(started_at=started_at),
             sources=frozenset({event.source}),
         )
-        self._calls[key] = _Call(record)
+        self._calls[key] = OpenCall(record)
         self._key_of_sid[participant.sid] = key
         self._keys_of_room.setdefault(event.room, set()).add(key)
         effects: list[Effect] = []
@@ -347,7 +439,7 @@ class CallBook:
             record = replace(record, state=_STATE_OF_STATUS[status])
             if direction is Direction.INBOUND and status in _NOT_FOR_INBOUND:
                 effects.append(self._direction_mismatch(event, key, status))
-        self._calls[key] = _Call(record, dial_failed=False)
+        self._calls[key] = OpenCall(record, dial_failed=False)
         self._claim_orphan_dial(key)
         return [CallStarted(event.at, self._calls[key].record), *effects]
 
@@ -480,10 +572,10 @@ class CallBook:
         pending = call.pending
         if pending is not None:
             if strength > pending.strength:
-                pending = _PendingEnd(at, reason, strength, pending.deadline)
+                pending = PendingEnd(at, reason, strength, pending.deadline)
             self._calls[key] = replace(call, record=record, pending=pending)
             return []
-        pending = _PendingEnd(at, reason, strength, at + self.settings.settle_seconds)
+        pending = PendingEnd(at, reason, strength, at + self.settings.settle_seconds)
         previous = record.state
         record = replace(record, state=CallState.ENDING)
         self._calls[key] = replace(call, record=record, pending=pending)
@@ -535,7 +627,19 @@ class CallBook:
                     key,
                 )
             )
-        if verdict.outcome is Outcome.LOST:
+        if verdict.outcome is Outcome.LOST and call.away is not None:
+            effects.append(
+                Anomaly(
+                    at,
+                    AnomalyKind.ENDED_WHILE_AWAY,
+                    "the call is gone, unseen since the monitor was down "
+                    f"({_utc(call.away.since)} to {_utc(call.away.until)}): it ended then "
+                    "or after, and no source said how",
+                    record.room,
+                    key,
+                )
+            )
+        elif verdict.outcome is Outcome.LOST:
             effects.append(
                 Anomaly(
                     at,
@@ -554,12 +658,13 @@ class CallBook:
         keys.discard(record.key)
         if not keys:
             del self._keys_of_room[record.room]
-        self._tombstones[record.key] = _Tombstone(
+        self._tombstones[record.key] = Tombstone(
             self._clock + self.settings.tombstone_seconds,
             reason,
             record.room,
             record.identity,
             lost,
+            record.participant_sid,
         )
         # The sid maps to the tombstone too, so keyless late events find it.
         self._tombstones[f"sid:{record.participant_sid}"] = self._tombstones[record.key]
@@ -701,6 +806,12 @@ class CallBook:
                     )
                 )
         return effects
+
+
+def _utc(at: float) -> str:
+    if not math.isfinite(at) or not 0 <= at < 32_503_680_000:
+        return "?"
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _is_forward(previous: SipStatus | None, status: SipStatus) -> bool:

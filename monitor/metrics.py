@@ -384,6 +384,12 @@ class MonitorMetrics:
         )
         for result in ("success", "failure"):
             self._reconcile_runs.labels(result=result)
+        self._restored = Gauge(
+            "restored_calls",
+            "Calls open in the journal that this process brought back when it started "
+            "(a restart after a crash or a deploy; 0 without a journal).",
+            **common,
+        )
         self._reconcile_requests = Counter(
             "reconcile_requests",
             "RoomService requests reconciliation made: one ListRooms a pass, and one "
@@ -498,6 +504,9 @@ class MonitorMetrics:
     def journal_partial_lines(self, count: int) -> None:
         """Partial last lines the journal writer set aside when it opened the journal."""
         self._journal_partial_lines.inc(max(0, count))
+
+    def calls_restored(self, count: int) -> None:
+        self._restored.set(count)
 
     def reconcile_request(self) -> None:
         self._reconcile_requests.inc()

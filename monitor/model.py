@@ -32,6 +32,7 @@ __all__ = [
     "Effect",
     "EndedBy",
     "Event",
+    "MonitorRestarted",
     "Outcome",
     "Participant",
     "ParticipantLeft",
@@ -196,6 +197,7 @@ class AnomalyKind(StrEnum):
     CLOCK_SKEW = "clock_skew"  # an event older than what we already know
     CALL_ID_CHANGED = "call_id_changed"  # a participant changed its sip.callID
     END_WITHOUT_EVIDENCE = "end_without_evidence"  # call gone with no reason: outcome lost
+    ENDED_WHILE_AWAY = "ended_while_away"  # gone unseen after a restart: lost while down
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +309,16 @@ class Tick:
     source: Source = Source.CLOCK
 
 
+@dataclass(frozen=True, slots=True)
+class MonitorRestarted:
+    """The monitor started again on its journal: the calls it knew open may have
+    changed, or ended, unseen while it was down. Not a journal line of its own: the
+    new run's header is its record."""
+
+    at: float
+    source: Source = Source.CLOCK
+
+
 Event = (
     ParticipantSeen
     | AttributesChanged
@@ -315,6 +327,7 @@ Event = (
     | RoomEnded
     | DialFailed
     | Tick
+    | MonitorRestarted
 )
 
 

@@ -1,8 +1,10 @@
 """Offline replay: a journal fed to a fresh machine, each call's story printed.
 
 The machine is set as the journal's header says, and the clock is the events' own, so
-the outcomes are those the live service reached. At the end of the journal the clock
-moves past every settle window: calls still open are listed as open, not ended.
+the outcomes are those the live service reached. A later run's header is a restart
+(`MonitorRestarted`), as the live machine saw it when it restored its calls. At the
+end of the journal the clock moves past every settle window: calls still open are
+listed as open, not ended.
 """
 
 from __future__ import annotations
@@ -15,14 +17,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from monitor.journal import BadLine, Header, read_journal
+from monitor.journal import (
+    BadLine,
+    CarriedCall,
+    CarriedEnd,
+    Counted,
+    Header,
+    JournalLine,
+    read_journal,
+)
 from monitor.machine import CallBook, MachineSettings
 from monitor.model import (
     CallEnded,
     CallRecord,
     CallStarted,
     Effect,
-    Event,
+    MonitorRestarted,
     StateChanged,
     Tick,
 )
@@ -44,20 +54,18 @@ class ReplayResult:
 
 
 def replay_events(
-    items: Iterable[Event | Header], settings: MachineSettings | None = None
+    items: Iterable[JournalLine], settings: MachineSettings | None = None
 ) -> ReplayResult:
     """Feed events to a new machine; the first header's settings win over `settings`."""
     result = ReplayResult()
-    book: CallBook | None = None
+    feed: JournalFeed | None = None
     for item in items:
-        if isinstance(item, Header):
-            if book is None:
-                book = CallBook(item.settings)
-            continue
-        if book is None:
-            book = CallBook(settings)
-        result.events += 1
-        result.effects += book.step(item)
+        if feed is None:
+            feed = JournalFeed(CallBook(item.settings if isinstance(item, Header) else settings))
+        result.effects += feed.take(item)
+    book = None if feed is None else feed.book
+    if feed is not None:
+        result.events = feed.events
     if book is not None:
         # Let every settle window close, as the live clock would have.
         horizon = book.now + book.settings.settle_seconds + 1e-6
@@ -65,6 +73,42 @@ def replay_events(
         result.open_calls = book.live_calls()
     result.ended = [effect.call for effect in result.effects if isinstance(effect, CallEnded)]
     return result
+
+
+class JournalFeed:
+    """Feeds a journal's lines to a book as the live machine lived them.
+
+    Events are stepped. A header of a later run than the one before is a restart
+    (`MonitorRestarted`); the same run's header at the top of a rotated file is not. A
+    call a file carries (`open_call`, `ended_call`) is adopted when the book does not
+    know it: the files that had its events are gone. `counted` lines give nothing here.
+    """
+
+    def __init__(self, book: CallBook) -> None:
+        self.book = book
+        self.events = 0
+        self.restarted_at: float | None = None  # the last restart fed
+        self._run: tuple[str, float] | None = None
+
+    def take(self, item: JournalLine) -> list[Effect]:
+        if isinstance(item, Counted):
+            return []
+        if isinstance(item, CarriedCall):
+            self.book.adopt(item.call)
+            return []
+        if isinstance(item, CarriedEnd):
+            self.book.adopt_tombstone(item.key, item.stone)
+            return []
+        if isinstance(item, Header):
+            run = (item.instance, item.started_at)
+            restarted = self._run is not None and run != self._run
+            self._run = run
+            if not restarted:
+                return []
+            self.restarted_at = item.started_at
+            return self.book.step(MonitorRestarted(item.started_at))
+        self.events += 1
+        return self.book.step(item)
 
 
 def replay(paths: Iterable[Path], settings: MachineSettings | None = None) -> ReplayResult:

@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from monitor.journal import Header, JournalError, decode_line
+from monitor.journal import JournalError, decode_event
 from monitor.model import ROOM_GONE_REASONS, Event, parse_reason
 from monitor.room_link import JoinFailed, LinkHooks
 
@@ -242,9 +242,7 @@ class _Worker:
             if link is None:
                 return  # about a room already left
             if kind == "event":
-                event = decode_line(str(message["line"]))
-                if not isinstance(event, Header):
-                    self.submit(event)
+                self.submit(decode_event(str(message["line"])))
             elif kind == "joined":
                 if not link.answer.done():
                     link.answer.set_result(str(message["room_sid"]))

@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import aiohttp
@@ -24,7 +25,13 @@ from livekit import api
 from prometheus_client import CollectorRegistry
 
 from monitor.config import Settings, redacted_url
-from monitor.journal import Header, JournalWriter
+from monitor.journal import (
+    Counted,
+    Header,
+    JournalWriter,
+    encode_ended_call,
+    encode_open_call,
+)
 from monitor.journal_sync import JournalSync
 from monitor.logs import LogRateLimiter
 from monitor.machine import CallBook, MachineSettings
@@ -34,6 +41,7 @@ from monitor.model import (
     AttributesChanged,
     CallEnded,
     CallRecord,
+    CallStarted,
     CallState,
     Effect,
     Event,
@@ -43,6 +51,7 @@ from monitor.model import (
     Source,
     Tick,
 )
+from monitor.restore import restore_from_file
 from monitor.room_link import LinkHooks, Observers, RoomLink
 from monitor.rtc_observers import ObserverPool
 from monitor.signal_observer import SignalObservers
@@ -54,6 +63,12 @@ log = structlog.get_logger("call_monitor")
 
 _Answer = TypeVar("_Answer")
 
+# How long ago a call may have ended to be carried into a new journal file: late events
+# come within seconds or minutes (webhook retries), and at 10,000 calls an hour's worth
+# would fill a file of the default size.
+_CARRIED_ENDS_SECONDS = 900.0
+# A journal with many bad lines is named by its count; only the first few are logged.
+_BAD_LINES_LOGGED = 5
 _SETUP_STATES = frozenset({CallState.DIALING, CallState.RINGING, CallState.AUTOMATION})
 _LIVE_STATES = _SETUP_STATES | {CallState.ACTIVE, CallState.HANGUP}
 _TICK_SECONDS = 0.2
@@ -161,6 +176,7 @@ class Monitor:
         # name with another sid.
         self._rooms_closed: dict[str, str] = {}
         self._journal: JournalWriter | None = None
+        self._counted_unseen: set[str] = set()  # see monitor.restore.Restored
         self._journal_failing = False
         self._warnings = LogRateLimiter()
         self._observer_serial = 0
@@ -175,9 +191,14 @@ class Monitor:
         else:
             self.observers = SignalObservers(self.submit, clock)
         if settings.journal_path is not None:
-            header = Header(self.book.settings, settings.instance, clock())
+            started_at = clock()
+            header = Header(self.book.settings, settings.instance, started_at)
             self._journal = JournalWriter(
-                settings.journal_path, header, settings.journal_max_bytes, settings.journal_backups
+                settings.journal_path,
+                header,
+                settings.journal_max_bytes,
+                settings.journal_backups,
+                carried=self._carried_calls,
             )
             # A last line cut by a crash is set aside now, and counted.
             self.metrics.journal_partial_lines(self._journal.open())
@@ -185,6 +206,8 @@ class Monitor:
         self.journal_sync = JournalSync(
             settings.journal_fsync, lambda: None if journal is None else journal.sync_handle()
         )
+        if settings.journal_path is not None:
+            self._restore(settings.journal_path, header.started_at)
 
     # ---- intake ---------------------------------------------------------------------
 
@@ -209,28 +232,77 @@ class Monitor:
         elif isinstance(event, RoomEnded) and event.room_sid:
             self._rooms_closed[event.room] = event.room_sid  # a late join webhook may follow
         effects = self.book.step(event)
+        self._give(effects)
+        if not isinstance(event, Tick):
+            self.metrics.event_processed(
+                str(event.source), type(event).__name__, max(0.0, self.clock() - event.at)
+            )
+        if self._running:
+            self._rooms_touched(effects)
+        return effects
+
+    def _give(self, effects: Iterable[Effect]) -> None:
+        """Hand effects to the sinks; a call's start or end is journaled as counted
+        first, so that a restart gives the sinks only what they never had."""
         for effect in effects:
+            if isinstance(effect, CallStarted) and effect.call.key in self._counted_unseen:
+                self._counted_unseen.discard(effect.call.key)
+                continue  # counted by the last run; its journal lines are gone
+            if isinstance(effect, CallStarted | CallEnded):
+                what = "started" if isinstance(effect, CallStarted) else "ended"
+                self._write_journal(Counted(what, effect.call.key, effect.at))
             for sink in self.sinks:
                 try:
                     sink.handle(effect)
                 except Exception:  # a broken sink must not stop the others or the machine
                     log.exception("sink_failed", sink=type(sink).__name__)
-        if not isinstance(event, Tick):
-            self.metrics.event_processed(
-                str(event.source), type(event).__name__, max(0.0, self.clock() - event.at)
-            )
-        for effect in effects:
             if isinstance(effect, CallEnded):
                 self._room_seen.pop(effect.call.participant_sid, None)
-        if self._running:
-            self._rooms_touched(effects)
-        return effects
 
-    def _write_journal(self, event: Event) -> bool:
+    def _carried_calls(self) -> list[str]:
+        """The calls the machine knows now, as the top of each new journal file carries
+        them: the final ones it still remembers, then the open ones."""
+        at = self.book.now
+        recent = self.book.tombstones(ended_since=at - _CARRIED_ENDS_SECONDS)
+        ended = [encode_ended_call(at, key, stone) for key, stone in recent]
+        return ended + [encode_open_call(at, call) for call in self.book.open_calls()]
+
+    def _restore(self, path: Path, started_at: float) -> None:
+        """Bring back the calls the journal has open, and give the sinks what they are
+        owed (monitor.restore), before any source is heard."""
+        restored = restore_from_file(self.book, path, started_at)
+        self._give(restored.owed)
+        self._counted_unseen = restored.counted_unseen
+        open_calls = self.book.live_calls()
+        self.metrics.calls_restored(len(open_calls))
+        if restored.events:
+            log.info(
+                "journal_restored",
+                files=restored.files,
+                events=restored.events,
+                open_calls=len(open_calls),
+                starts_owed=sum(isinstance(e, CallStarted) for e in restored.owed),
+                ends_owed=sum(isinstance(e, CallEnded) for e in restored.owed),
+                bad_lines=len(restored.bad_lines),
+                seconds=round(restored.seconds, 3),
+            )
+        for bad in restored.bad_lines[:_BAD_LINES_LOGGED]:
+            log.warning(
+                "journal_line_skipped",
+                path=bad.path,
+                line=bad.number,
+                kind=str(bad.kind),
+                error=bad.error,
+            )
+
+    def _write_journal(self, line: Event | Counted) -> bool:
         if self._journal is None:
             return True
         try:
-            self._journal.write(event)
+            if isinstance(line, Counted):
+                self._journal.write_counted(line)
+            else:
+                self._journal.write(line)
         except (OSError, UnicodeError) as error:
             self.metrics.journal_write_error()
             if not self._journal_failing:
@@ -622,6 +694,9 @@ class Monitor:
                 webhooks=self.settings.webhooks,
             )
             self._running = True
+            for room in sorted(self.book.rooms()):  # restored calls being set up
+                if room not in self.rooms and self.room_needs_observer(room):
+                    self._start_watching(room)
             if started is not None:
                 started.set()
             try:

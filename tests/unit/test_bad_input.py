@@ -27,6 +27,9 @@ from monitor.journal import (
     _TYPE_OF,
     BadLine,
     BadLineKind,
+    CarriedCall,
+    CarriedEnd,
+    Counted,
     Header,
     JournalError,
     decode_line,
@@ -263,7 +266,7 @@ JOURNAL_LINES = st.one_of(
         NOT_JSON_NUMBERS,
     ),
 )
-KNOWN_TYPES = {"header", *_TYPE_OF.values()}
+KNOWN_TYPES = {"header", "counted", "open_call", "ended_call", *_TYPE_OF.values()}
 MESSAGE_OF = {
     BadLineKind.NOT_JSON: "not JSON: ",
     BadLineKind.NOT_AN_OBJECT: "not a JSON object",
@@ -340,7 +343,41 @@ def test_a_journal_event_of_any_shape_is_read_or_refused_with_a_reason(
     except JournalError as error:
         message = str(error)
     else:
-        assert not isinstance(event, Header)
+        assert not isinstance(event, Header | Counted | CarriedCall | CarriedEnd)
         CallBook().step(event)
         return
     assert kind in message
+
+
+RECORD_FIELDS = (
+    "key", "call_id", "room", "room_sid", "participant_sid", "identity", "direction",
+    "trunk_id", "phone_number", "trunk_phone_number", "state", "last_status", "statuses",
+    "timings", "reason", "sip_status_code", "sources",
+)  # fmt: skip
+
+
+@given(
+    st.dictionaries(st.sampled_from(RECORD_FIELDS), JSON_VALUES | st.sampled_from(["active"])),
+    st.dictionaries(st.sampled_from(["pending", "dial_failed", "away", "at"]), JSON_VALUES),
+)
+def test_a_carried_call_of_any_shape_is_read_or_refused_and_never_breaks_the_book(
+    record: dict[str, Any], fields: dict[str, Any]
+) -> None:
+    """An `open_call` line a restart reads: any shape is a call the book can take, or one
+    bad line saying what is wrong."""
+    line = json.dumps({"v": 1, "type": "open_call", "at": T0, "record": record, **fields})
+    refused: tuple[BadLineKind, str] | None
+    try:
+        carried = decode_line(line)
+    except JournalError as error:
+        refused = (error.kind, str(error))
+    else:
+        refused = None
+    if refused is not None:
+        assert refused[0] is BadLineKind.BAD_FIELD
+        assert refused[1].startswith("bad 'open_call'")
+        return
+    assert isinstance(carried, CarriedCall)
+    book = CallBook(MachineSettings(settle_seconds=1.0))
+    book.adopt(carried.call)
+    book.step(Tick(T0 + 3600.0))

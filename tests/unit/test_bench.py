@@ -237,3 +237,31 @@ def test_the_hot_path_benchmark_plays_every_call_to_its_end(tmp_path: Path) -> N
     assert "### A room connection, by observer (join-cost-20261203-000000)" in text
     assert "| stderr | 0.0720 CPU-s |" in text
     assert f"### The main process's own path per event ({written.stem})" in text
+
+
+def test_the_restore_benchmark_brings_back_every_open_call(tmp_path: Path) -> None:
+    """`python -m bench.restore` fails unless the restarted monitor has every call it
+    left open; it writes how long the restart took and what it read."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.restore",
+            "--ended",
+            "300",
+            "--open",
+            "40",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    [written] = tmp_path.glob("restore-*.json")
+    run = json.loads(written.read_text())
+    assert (run["calls_open"], run["journal_events"]) == (40, 300 * 4 + 40 * 3)
+    assert 0 < run["newest_file_bytes"] <= run["journal_bytes"]
+    assert run["restore_seconds"] > 0

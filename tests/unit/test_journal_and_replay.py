@@ -12,16 +12,20 @@ from pathlib import Path
 import pytest
 
 from monitor.journal import (
+    CarriedCall,
     Header,
     JournalError,
     JournalWriter,
     decode_line,
     encode_event,
+    encode_open_call,
     read_journal,
 )
-from monitor.machine import MachineSettings
+from monitor.machine import CallBook, MachineSettings
 from monitor.model import (
+    CallState,
     DialFailed,
+    MonitorRestarted,
     Participant,
     ParticipantLeft,
     ParticipantSeen,
@@ -46,6 +50,35 @@ def test_every_event_type_survives_the_journal_unchanged() -> None:
     script.seen(5.0, "ringing", Source.RECONCILE, joined=4.5)
     for event in script.events:
         assert decode_line(encode_event(event)) == event
+
+
+def test_an_open_call_survives_the_journal_unchanged_in_every_state() -> None:
+    """What a rotated file carries is the book's own state: record, pending end, a
+    failed dial, the monitor's absence."""
+    inbound = CallScript(inbound=True, call_id="SCL_in", sid="PA_in", room="call-in")
+    scripts = [
+        CallScript(call_id="SCL_d", sid="PA_d", room="call-d").seen(0.0, "dialing"),
+        CallScript(call_id="SCL_a", sid="PA_a", room="call-a")
+        .seen(0.0, "dialing", joined=-0.5)
+        .to(1.0, "ringing")
+        .to(3.0, "active", Source.WEBHOOK),
+        CallScript(call_id="SCL_f", sid="PA_f", room="call-f")
+        .seen(0.0, "dialing")
+        .dial_failed(1.0, 486)
+        .left(1.5, Reason.USER_REJECTED),
+        inbound.seen(0.0, "ringing", Source.RECONCILE, joined=-3.0),
+    ]
+    book = CallBook(MachineSettings(settle_seconds=5.0))
+    for event in sorted((e for s in scripts for e in s.events), key=lambda e: e.at):
+        book.step(event)
+    book.step(MonitorRestarted(T0 + 4.0))  # the failed dial still settling
+    calls = book.open_calls()
+    assert {call.record.state for call in calls} >= {CallState.DIALING, CallState.ENDING}
+    assert any(call.pending and call.dial_failed for call in calls)
+    assert all(call.away for call in calls)
+    for call in calls:
+        line = decode_line(encode_open_call(T0 + 5.0, call))
+        assert line == CarriedCall(T0 + 5.0, call)
 
 
 def test_unknown_reason_keeps_what_was_received() -> None:

@@ -1,0 +1,232 @@
+"""Crash-only restart: a monitor started on the journal of one that died mid-stream.
+
+The first monitor is abandoned, never closed, as SIGKILL would leave it: what it
+journaled is on disk (each line is one write), what it only queued was never
+processed. The second one, on the same journal, must bring back every open call with
+its timings, give the sinks each start and end exactly once across the two runs, and
+say so when a call it restored ends unseen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from monitor.config import load_settings
+from monitor.journal import CarriedCall, Counted, read_journal
+from monitor.model import (
+    Anomaly,
+    AnomalyKind,
+    CallEnded,
+    CallRecord,
+    CallStarted,
+    CallState,
+    Effect,
+    Event,
+    MonitorRestarted,
+    Outcome,
+    Reason,
+    Source,
+    Tick,
+)
+from monitor.replay import replay
+from monitor.restore import journal_files
+from monitor.service import Monitor
+from tests.unit.script import T0, CallScript, run
+
+KEY = "APIunit"
+SECRET = "unit-test-secret-that-is-long-enough-0123456789"
+ENV = {"LIVEKIT_URL": "ws://127.0.0.1:1", "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET}
+SETTLE = 2.0
+
+
+class Clock:
+    def __init__(self, at: float) -> None:
+        self.at = T0 + at
+
+    def __call__(self) -> float:
+        return self.at
+
+
+class Seen:
+    """What a sink was given."""
+
+    def __init__(self) -> None:
+        self.effects: list[Effect] = []
+
+    def handle(self, effect: Effect) -> None:
+        self.effects.append(effect)
+
+    def starts(self) -> list[str]:
+        return [e.call.key for e in self.effects if isinstance(e, CallStarted)]
+
+    def ends(self) -> dict[str, CallRecord]:
+        return {e.call.key: e.call for e in self.effects if isinstance(e, CallEnded)}
+
+    def anomalies(self) -> list[tuple[AnomalyKind, str]]:
+        return [(e.kind, e.call_key) for e in self.effects if isinstance(e, Anomaly)]
+
+
+def monitor_on(journal: Path, clock: Clock, seen: Seen, **settings: str) -> Monitor:
+    values = {"journal_path": str(journal), "settle_seconds": str(SETTLE), **settings}
+    return Monitor(
+        load_settings(values, ENV), registry=CollectorRegistry(), clock=clock, sinks=[seen]
+    )
+
+
+def take(monitor: Monitor, events: list[Event], processed: bool = True) -> None:
+    """Submit (journal) each event; process it too, unless it stays queued at the crash."""
+    for event in events:
+        assert monitor.submit(event)
+        if processed:
+            monitor.process(monitor.queue.get_nowait())
+
+
+def total(monitor: Monitor, name: str) -> float:
+    return sum(
+        sample.value
+        for family in monitor.registry.collect()
+        for sample in family.samples
+        if sample.name == f"call_monitor_{name}"
+    )
+
+
+def script(n: int) -> CallScript:
+    return CallScript(call_id=f"SCL_{n}", sid=f"PA_{n}", room=f"call-{n}")
+
+
+def test_a_restart_restores_open_calls_and_gives_each_start_and_end_once(
+    tmp_path: Path,
+) -> None:
+    journal, clock = tmp_path / "journal.jsonl", Clock(0.0)
+    first_seen, second_seen = Seen(), Seen()
+    first = monitor_on(journal, clock, first_seen)
+    ringing = script(1).seen(0.0, "dialing").to(1.5, "ringing")
+    active = script(2).seen(0.0, "dialing").to(1.0, "ringing").to(4.0, "active")
+    ended = script(3).seen(0.0, "dialing").to(1.0, "ringing").to(3.0, "active")
+    ended.left(5.0, Reason.CLIENT_INITIATED, status="hangup").tick(8.0)
+    settling = script(4).seen(0.0, "dialing").to(1.0, "ringing").to(2.0, "active")
+    settling.left(9.5, Reason.CLIENT_INITIATED, status="hangup")
+    queued_end = script(6).seen(0.0, "dialing").to(1.0, "ringing").to(2.0, "active")
+    calls = (ringing, active, ended, settling, queued_end)
+    take(first, sorted((e for call in calls for e in call.events), key=lambda e: e.at))
+    # Journaled, acknowledged, still queued when the monitor dies: a new call's join,
+    # and another's leave.
+    take(first, script(5).seen(9.6, "dialing").events, processed=False)
+    take(first, queued_end.left(9.7, Reason.USER_UNAVAILABLE, status="hangup").events[-1:], False)
+    assert sorted(first_seen.starts()) == ["SCL_1", "SCL_2", "SCL_3", "SCL_4", "SCL_6"]
+    assert list(first_seen.ends()) == ["SCL_3"]  # call 4 is settling
+
+    # SIGKILL: nothing closed, the queue lost. Started again 30 s later.
+    clock.at = T0 + 40.0
+    second = monitor_on(journal, clock, second_seen)
+    # Owed and given now: the queued join and leave, and call 4's end (its settle
+    # window closed while the monitor was down). Nothing the first run had given.
+    assert second_seen.starts() == ["SCL_5"]
+    assert sorted(second_seen.ends()) == ["SCL_4", "SCL_6"]
+    assert second_seen.ends()["SCL_4"].timings.ended_at == T0 + 9.5  # when it left
+    assert total(second, "calls_started_total") == 1
+    assert total(second, "calls_ended_total") == 2
+    # The open calls are back, with the timings the first run measured.
+    back = {call.key: call for call in second.live_calls()}
+    assert sorted(back) == ["SCL_1", "SCL_2", "SCL_5"]
+    assert total(second, "restored_calls") == 3
+    assert back["SCL_1"].state is CallState.RINGING
+    assert back["SCL_1"].timings.post_dial_delay == 1.5
+    assert back["SCL_2"].state is CallState.ACTIVE
+    assert back["SCL_2"].timings.time_to_answer == 4.0
+    assert not any(call.timings_approximate for call in back.values())
+
+    # After the restart: call 1 is answered and hangs up, seen live; call 2 is missed
+    # by two listings (it ended while the monitor was down); call 5 rings on.
+    ringing.to(45.0, "active").left(50.0, Reason.CLIENT_INITIATED, status="hangup")
+    clock.at = T0 + 60.0
+    take(second, [*ringing.events[-2:], *script(2).vanished(55.0).tick(60.0).events])
+    call_1, call_2 = second_seen.ends()["SCL_1"], second_seen.ends()["SCL_2"]
+    assert call_1.outcome is Outcome.COMPLETED
+    assert (call_1.timings.post_dial_delay, call_1.timings.time_to_answer) == (1.5, 45.0)
+    assert call_2.outcome is Outcome.LOST
+    assert second_seen.anomalies() == [(AnomalyKind.ENDED_WHILE_AWAY, "SCL_2")]
+
+    # Across both runs, each call started once and each ended call ended once: in the
+    # sinks, and in the journal's `counted` lines, which a third start would read.
+    starts = first_seen.starts() + second_seen.starts()
+    ends = list(first_seen.ends()) + list(second_seen.ends())
+    assert sorted(starts) == ["SCL_1", "SCL_2", "SCL_3", "SCL_4", "SCL_5", "SCL_6"]
+    assert sorted(ends) == ["SCL_1", "SCL_2", "SCL_3", "SCL_4", "SCL_6"]
+    marks = [item for item in read_journal([journal]) if isinstance(item, Counted)]
+    assert sorted(m.key for m in marks if m.what == "started") == sorted(starts)
+    assert sorted(m.key for m in marks if m.what == "ended") == sorted(ends)
+
+    # A third run on the same journal owes nothing, and has call 5 open.
+    third_seen = Seen()
+    third = monitor_on(journal, Clock(70.0), third_seen)
+    assert third_seen.effects == []
+    assert [call.key for call in third.live_calls()] == ["SCL_5"]
+    # Offline replay reads the restarts from the headers and tells the same story.
+    replayed = replay(journal_files(journal, 5))
+    assert sorted(r.key for r in replayed.ended) == sorted(ends)
+    assert {r.key: r.outcome for r in replayed.ended}["SCL_2"] is Outcome.LOST
+    assert [c.key for c in replayed.open_calls] == ["SCL_5"]
+
+
+def test_calls_whose_start_was_rotated_away_are_restored_and_not_started_again(
+    tmp_path: Path,
+) -> None:
+    """Rotation drops the oldest file; each new one carries the calls open when it began
+    and the ended ones still remembered, and a restart reads only the newest."""
+    journal, clock = tmp_path / "journal.jsonl", Clock(0.0)
+    first_seen, second_seen = Seen(), Seen()
+    first = monitor_on(journal, clock, first_seen, journal_max_bytes="4096", journal_backups="1")
+    long_call = script(1).seen(0.0, "dialing").to(1.0, "ringing").to(2.0, "active")
+    take(first, long_call.events)
+    for n in range(100, 140):  # enough short calls to rotate the long one's start away
+        short = script(n).seen(n, "dialing").to(n + 0.5, "ringing")
+        take(first, short.left(n + 1.0, Reason.USER_REJECTED, status="hangup").events)
+    take(first, [Tick(T0 + 145.0)])  # the last ones' settle windows close
+    files = journal_files(journal, 1)
+    assert len(files) == 2
+    lines = list(read_journal(files))
+    sids = {getattr(getattr(line, "participant", None), "sid", None) for line in lines}
+    assert "PA_1" not in sids  # its events went with the older files
+    assert any(isinstance(line, CarriedCall) and line.call.record.key == "SCL_1" for line in lines)
+    clock.at = T0 + 200.0
+    second = monitor_on(journal, clock, second_seen, journal_max_bytes="4096", journal_backups="1")
+    assert second_seen.effects == []
+    [back] = second.live_calls()
+    assert back.key == "SCL_1"
+    assert (back.timings.post_dial_delay, back.timings.time_to_answer) == (1.0, 2.0)
+    # A call that ended in a file long gone is remembered too: a late webhook for it
+    # starts nothing.
+    late = script(100).seen(100.0, "dialing").to(100.5, "ringing")
+    take(second, late.left(205.0, Reason.USER_REJECTED, Source.WEBHOOK, "hangup").events[-1:])
+    assert second.book.is_ended("SCL_100")
+    assert second.book.is_ended("sid:PA_100")
+    assert second_seen.effects == []
+    # Its end, seen after the restart, counts once; it never starts again.
+    take(second, long_call.left(210.0, Reason.CLIENT_INITIATED, status="hangup").events[-1:])
+    take(second, [Tick(T0 + 213.0)])
+    assert second_seen.starts() == []
+    [(key, record)] = second_seen.ends().items()
+    assert (key, record.outcome, record.timings.talk_duration) == (
+        "SCL_1",
+        Outcome.COMPLETED,
+        208.0,
+    )
+
+
+def test_a_call_seen_again_after_the_restart_is_not_said_to_have_ended_while_away() -> None:
+    call = script(1).seen(0.0, "dialing").to(1.0, "ringing")
+    events: list[Event] = [*call.events, MonitorRestarted(T0 + 30.0)]
+    _, effects = run([*events, *script(1).vanished(40.0).events], settle=0.0)
+    away = [e for e in effects if isinstance(e, Anomaly)]
+    assert [(a.kind, a.call_key) for a in away] == [(AnomalyKind.ENDED_WHILE_AWAY, "SCL_1")]
+    assert "monitor was down" in away[0].detail
+    # Seen by a source after the restart, then gone: an ordinary end without evidence.
+    seen_again = script(1)
+    seen_again.status = "ringing"
+    seen_again.seen(35.0, "ringing").vanished(40.0)
+    _, effects = run([*events, *seen_again.events], settle=0.0)
+    kinds = [e.kind for e in effects if isinstance(e, Anomaly)]
+    assert kinds == [AnomalyKind.END_WITHOUT_EVIDENCE]
