@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Sequence
 
 import aiohttp
@@ -21,12 +22,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.model import Outcome
 from stack import Stack
 from stack.config import free_port
+from stack.ledger import Ledger
 from tests.integration.conftest import PlaceCall, sim_number, unique_room
 from tests.integration.monitoring import running_monitor
 from tests.integration.test_monitor import assert_matches_ledger
 
 pytestmark = pytest.mark.integration
 
+LATE = 3.0  # seconds a late webhook is held back
 # For a webhook kind, the delays (seconds) of its deliveries: [0, 0] is twice at once.
 Plan = Callable[[str], Sequence[float]]
 
@@ -38,8 +41,9 @@ class WebhookRelay:
         self.listen_port = listen_port
         self.target = f"http://127.0.0.1:{target_port}/webhook"
         self.plan = plan
-        # (kind, room, HTTP status or 0 when unreachable), in delivery order
-        self.forwarded: list[tuple[str, str, int]] = []
+        # (kind, room, HTTP status or 0 when unreachable, when it was delivered), in
+        # delivery order
+        self.forwarded: list[tuple[str, str, int, float]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         app = web.Application()
         app.router.add_post("/webhook", self._handle)
@@ -83,20 +87,25 @@ class WebhookRelay:
     ) -> None:
         await asyncio.sleep(delay)
         assert self._session is not None
+        sent = time.time()
         try:
             async with self._session.post(self.target, data=body, headers=headers) as answer:
-                self.forwarded.append((kind, room, answer.status))
+                self.forwarded.append((kind, room, answer.status, sent))
         except aiohttp.ClientError:
-            self.forwarded.append((kind, room, 0))
+            self.forwarded.append((kind, room, 0, sent))
 
     def of_rooms(self, rooms: Sequence[str]) -> list[tuple[str, int]]:
         """(kind, status) of the deliveries about `rooms`."""
-        return [(kind, status) for kind, room, status in self.forwarded if room in rooms]
+        return [(kind, status) for kind, room, status, _ in self.forwarded if room in rooms]
+
+    def sent_at(self, kind: str, room: str) -> list[float]:
+        """When the deliveries of `kind` about `room` were sent to the monitor."""
+        return [at for k, r, _, at in self.forwarded if (k, r) == (kind, room)]
 
 
 @pytest.mark.parametrize("mode", ["setup", "whole_call"])
 async def test_every_webhook_twice_counts_each_call_once(
-    stack: Stack, monitor_port: int, place_call: PlaceCall, mode: str
+    stack: Stack, monitor_port: int, place_call: PlaceCall, ledger: Ledger, mode: str
 ) -> None:
     port = free_port()
     twice: Plan = lambda kind: (0.0, 0.3)  # noqa: E731 - a plan reads best inline
@@ -119,14 +128,14 @@ async def test_every_webhook_twice_counts_each_call_once(
         records = {room: recorder.ended(room) for room in rooms}
         started = {room: recorder.started(room) for room in rooms}
         # Other tests' rooms may still end while this monitor runs (it lists every
-        # room): the metric must count exactly the calls the machine ended, once each.
+        # room): theirs are taken off the metric's total, by what the log sink saw.
         total = sum(
             sample.value
             for family in text_string_to_metric_families(monitor.metrics.exposition()[0].decode())
             for sample in family.samples
             if sample.name == "call_monitor_calls_ended_total"
         )
-        every_end = len(recorder.ended())
+        others = len([r for r in recorder.ended() if r.room not in rooms])
     # Every webhook really reached the monitor twice, and was accepted both times.
     ours = relay.of_rooms(rooms)
     # Twice each: the callee's leave and the observer's (hidden, still in webhooks).
@@ -134,13 +143,16 @@ async def test_every_webhook_twice_counts_each_call_once(
     assert lefts >= 2 * len(cases), ours
     assert lefts % 2 == 0, ours
     assert {status for kind, status in ours if kind.startswith("participant")} == {200}
+    # The truth is the simulator's: one call in each room, each counted once, as it went.
+    truth = [call for call in ledger.calls_ended() if call.room in rooms]
+    assert sorted(call.room for call in truth) == sorted(rooms)
     for (_, outcome), room, call in zip(cases, rooms, placed, strict=True):
         assert len(started[room]) == 1, room
         [record] = records[room]
         assert record.outcome is outcome
         assert call.ended is not None
-        assert record.call_id == call.ended.call_id
-    assert total == every_end
+        assert_matches_ledger(record, call.ended)
+    assert total - others == len(truth)
 
 
 async def test_late_webhooks_still_give_each_call_its_outcome(
@@ -149,9 +161,9 @@ async def test_late_webhooks_still_give_each_call_its_outcome(
     """Every participant_left 3 s late, in setup mode, where the end of an answered call
     comes from that webhook: the outcome is the ledger's, not `lost`."""
     port = free_port()
-    late: Plan = lambda kind: (3.0,) if kind == "participant_left" else (0.0,)  # noqa: E731
+    late: Plan = lambda kind: (LATE,) if kind == "participant_left" else (0.0,)  # noqa: E731
     async with (
-        WebhookRelay(monitor_port, port, late),
+        WebhookRelay(monitor_port, port, late) as relay,
         running_monitor(stack, port, room_mode="setup", reconcile_seconds="5") as (
             _,
             recorder,
@@ -160,7 +172,15 @@ async def test_late_webhooks_still_give_each_call_its_outcome(
         room = unique_room("late")
         placed = await place_call(sim_number("00"), room=room, ring=0.6, talk=1.0)
         [record] = await recorder.wait_ended(room, timeout=30)
+        await relay.drain()
     assert placed.ended is not None
+    assert placed.ended.t_end is not None
+    # The leave reached the monitor late, and the end it counted is that late one: no
+    # other source had ended the call first.
+    [*_, sent] = relay.sent_at("participant_left", room)
+    assert sent - placed.ended.t_end >= LATE - 0.2
+    assert record.timings.ended_at is not None
+    assert record.timings.ended_at - placed.ended.t_end >= LATE - 0.2
     assert record.outcome is Outcome.COMPLETED
     assert record.call_id == placed.ended.call_id
 
