@@ -1,6 +1,9 @@
 """Crash-only restart on the real stack: SIGKILL with calls in every state, restart on
 the same journal, and the simulator's ledger as the truth.
 
+The first run's metrics die with it (Prometheus keeps what it scraped); the second
+run's count exactly what its call log says.
+
 Placed at t=0. Killed at about t=3, once the not-found call has ended, while one call
 dials (its 18x comes at t=6), one rings, one talks; down while two calls end (hung up,
 rejected busy) and the dialing one starts to ring; started again on its journal at
@@ -21,7 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.journal import Counted, Header, read_journal
 from stack import Stack
@@ -36,6 +41,15 @@ CARRIER_PDD = {"X-Sim-PDD": "1"}
 # How far a timing the first run measured may be from the simulator's (its clock and
 # the signal's trip), and a moment seen only after the fact is marked approximate.
 EXACT = 0.3
+
+
+def metric_total(exposition: str, name: str) -> float:
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 def ended_in(room: str) -> Callable[[dict[str, Any]], bool]:
@@ -121,6 +135,28 @@ async def test_a_monitor_killed_with_calls_in_every_state_restores_them_from_its
         for name, room in rooms.items():
             if name != "endedbefore":
                 await wait_log(second_log, ended_in(room), 30)
+        # The second run's metrics count what its call log says, restored calls
+        # included (other tests' rooms may end meanwhile: compared until they agree).
+        url = f"http://127.0.0.1:{monitor_port}/metrics"
+        async with aiohttp.ClientSession() as http:
+
+            async def agree() -> tuple[float, float, int, int]:
+                async with http.get(url) as answer:
+                    text = await answer.text()
+                lines = log_lines(second_log)
+                return (
+                    metric_total(text, "call_monitor_calls_started_total"),
+                    metric_total(text, "call_monitor_calls_ended_total"),
+                    sum(e.get("event") == "call_started" for e in lines),
+                    sum(e.get("event") == "call_ended" for e in lines),
+                )
+
+            for _ in range(50):
+                started, ended_count, logged_started, logged_ended = await agree()
+                if (started, ended_count) == (logged_started, logged_ended):
+                    break
+                await asyncio.sleep(0.1)
+            assert (started, ended_count) == (logged_started, logged_ended)
     finally:
         for process in (first, second):
             if process is not None and process.poll() is None:
