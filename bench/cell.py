@@ -54,7 +54,7 @@ from bench.procfs import (
 )
 from bench.profile import record, summarize_collapsed
 from bench.scrape import Exposition, Scraper
-from monitor.hook_token import CALLS, mint_hook_token
+from monitor.client.hook_token import CALLS, mint_hook_token
 from stack import Stack, StackConfig
 from stack.config import free_port
 from stack.ledger import parse_time

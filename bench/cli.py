@@ -24,7 +24,7 @@ from bench.load import MIXES, placements_needed
 from bench.procfs import loadavg, machine_info
 from bench.profile import default_command
 from bench.report import load_focused, load_runs, render
-from monitor.sources import WEBHOOK_EVENTS_USED
+from monitor.sources.webhooks import WEBHOOK_EVENTS_USED
 
 __all__ = ["main"]
 

@@ -30,12 +30,12 @@ from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.protocol import models, webhook
 
-from monitor.config import load_settings
-from monitor.journal import decode_event, encode_event
-from monitor.logs import CallLog, configure_logging
-from monitor.model import AttributesChanged, Participant, Source, Tick
-from monitor.privacy import NumberMasker
-from monitor.service import Monitor
+from monitor.core.journal_format import decode_event, encode_event
+from monitor.core.model import AttributesChanged, Participant, Source, Tick
+from monitor.core.privacy import NumberMasker
+from monitor.runtime.config import load_settings
+from monitor.runtime.service import Monitor
+from monitor.sinks.logs import CallLog, configure_logging
 
 __all__ = ["main", "measure"]
 

@@ -6,7 +6,7 @@ a fresh process per variant, joins `--rooms` rooms the way the monitor's observe
 them. Each process reports its own CPU time (getrusage) and livekit-server's (from
 /proc) for the joins, the idle hold and the leaves. The variants:
 
-- `signal`: the default observer, `monitor.signal_observer` (the signal WebSocket alone,
+- `signal`: the default observer, `monitor.sources.signal_observer` (the signal WebSocket alone,
   in the process's event loop; its idle hold includes pings and, past 45 s, one
   renewal of every session);
 - `stderr`: the rtc observer (`monitor.adapter.RoomObserver`) as observer processes run
@@ -63,24 +63,24 @@ class _Rooms:
 
     async def start(self) -> None:
         if self.variant == "signal":
-            from monitor.signal_observer import SignalObservers
+            from monitor.sources.signal_observer import SignalObservers
 
             self.signal = SignalObservers(lambda event: None)
             await self.signal.start()
         else:
-            from monitor.adapter import native_logs_to_stderr
+            from monitor.sources.rtc_adapter import native_logs_to_stderr
 
             if self.variant == "stderr" and not native_logs_to_stderr():
                 raise SystemExit("native log capture could not be switched off")
 
     async def join(self, name: str) -> None:
         if self.variant == "signal":
-            from monitor.room_link import LinkHooks
+            from monitor.sources.room_link import LinkHooks
 
             link = await self.signal.join(name, self.url, self.tokens[name], 30, LinkHooks())
             self.held.append(link)
             return
-        from monitor.adapter import RoomObserver
+        from monitor.sources.rtc_adapter import RoomObserver
 
         observer = RoomObserver(name, self.url, self.tokens[name], lambda event: None)
         await observer.connect(30)
@@ -96,8 +96,8 @@ async def _child(
     variant: str, url: str, key: str, secret: str, rooms: int, idle: float, server_pid: int
 ) -> None:
     """One variant in this process; prints one JSON line of its CPU times."""
-    from monitor.config import load_settings
-    from monitor.service import observer_token
+    from monitor.runtime.config import load_settings
+    from monitor.runtime.service import observer_token
 
     settings = load_settings(
         {}, {"LIVEKIT_URL": url, "LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret}

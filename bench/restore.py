@@ -21,8 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from monitor.config import load_settings
-from monitor.model import (
+from monitor.core.model import (
     AttributesChanged,
     Event,
     Participant,
@@ -32,7 +31,8 @@ from monitor.model import (
     Source,
     Tick,
 )
-from monitor.service import Monitor
+from monitor.runtime.config import load_settings
+from monitor.runtime.service import Monitor
 
 __all__ = ["main", "measure"]
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from livekit import api
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.dial import create_sip_participant
+from monitor.client.dial import create_sip_participant
 from stack import Stack, StackConfig
 from stack.build import build
 from stack.ledger import CallEnded, Ledger

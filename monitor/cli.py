@@ -13,12 +13,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from monitor.config import SETTINGS, ConfigError, Settings, describe, load_settings
-from monitor.hook_token import CALLS, MAX_LIFETIME_SECONDS, mint_hook_token
-from monitor.journal import Header, JournalWriter
-from monitor.machine import MachineSettings
-from monitor.privacy import NumberMasker
-from monitor.replay import print_replay, replay
+from monitor.client.hook_token import CALLS, MAX_LIFETIME_SECONDS, mint_hook_token
+from monitor.core.journal_format import Header
+from monitor.core.machine import MachineSettings
+from monitor.core.privacy import NumberMasker
+from monitor.runtime.config import SETTINGS, ConfigError, Settings, describe, load_settings
+from monitor.runtime.replay import print_replay, replay
+from monitor.sinks.journal import JournalWriter
 
 __all__ = ["main"]
 
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(settings: Settings) -> int:
     # Imported here: `replay` and `config` need neither livekit.rtc nor the service.
-    from monitor.logs import CallLog, configure_logging
+    from monitor.sinks.logs import CallLog, configure_logging
 
     configure_logging(settings)
     try:
@@ -108,7 +109,7 @@ def _run(settings: Settings) -> int:
     except ConfigError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
-    from monitor.service import Monitor, run_until_signalled
+    from monitor.runtime.service import Monitor, run_until_signalled
 
     masker = NumberMasker(settings.mask_numbers, settings.mask_keep_digits)
     monitor = Monitor(settings, sinks=[CallLog(masker=masker)])

@@ -1,4 +1,4 @@
-"""The monitor's HTTP server alone (`monitor.http.serve` with a `Monitor` that is not
+"""The monitor's HTTP server alone (`monitor.runtime.http.serve` with a `Monitor` that is not
 started), for tests that load it from another process and measure it from outside.
 
 Settings come from the environment as for `call-monitor run`. Prints the port once
@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from monitor.config import load_settings
-from monitor.http import serve
-from monitor.service import Monitor
+from monitor.runtime.config import load_settings
+from monitor.runtime.http import serve
+from monitor.runtime.service import Monitor
 
 
 async def main() -> None:

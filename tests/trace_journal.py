@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from monitor.journal import Header, encode_event, encode_header
-from monitor.machine import MachineSettings
-from monitor.model import (
+from monitor.core.journal_format import Header, encode_event, encode_header
+from monitor.core.machine import MachineSettings
+from monitor.core.model import (
     AttributesChanged,
     DialFailed,
     Event,

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.config import load_settings
-from monitor.model import Anomaly, CallEnded, CallRecord, CallStarted, Effect, StateChanged
-from monitor.service import EffectSink, Monitor
+from monitor.core.model import Anomaly, CallEnded, CallRecord, CallStarted, Effect, StateChanged
+from monitor.runtime.config import load_settings
+from monitor.runtime.service import EffectSink, Monitor
 from stack import Stack
 
 

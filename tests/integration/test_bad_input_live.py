@@ -15,9 +15,9 @@ import structlog
 from livekit import api, rtc
 from structlog.testing import capture_logs
 
-from monitor.logs import ANOMALY_LOG_LIMIT, CallLog
-from monitor.model import AnomalyKind
-from monitor.privacy import NumberMasker
+from monitor.core.model import AnomalyKind
+from monitor.core.privacy import NumberMasker
+from monitor.sinks.logs import ANOMALY_LOG_LIMIT, CallLog
 from stack import Stack
 from tests.integration.conftest import unique_room
 from tests.integration.monitoring import running_monitor, wait_until

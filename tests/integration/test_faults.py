@@ -60,9 +60,8 @@ from livekit import api
 from livekit.protocol import models
 from prometheus_client import CollectorRegistry
 
-from monitor.journal import decode_line
-from monitor.logs import CallLog
-from monitor.model import (
+from monitor.core.journal_format import decode_line
+from monitor.core.model import (
     AnomalyKind,
     CallRecord,
     CallState,
@@ -73,7 +72,8 @@ from monitor.model import (
     Source,
     StateChanged,
 )
-from monitor.service import Monitor
+from monitor.runtime.service import Monitor
+from monitor.sinks.logs import CallLog
 from stack import Stack
 from stack.config import LOOPBACK, free_port
 from stack.ledger import CallEnded, Ledger

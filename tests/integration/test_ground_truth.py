@@ -2,7 +2,7 @@
 
 The truth is the simulator's ledger (what the far end answered, with which SIP code,
 who hung up), never what the monitor saw. Calls are placed the way the README tells
-users to: `monitor.dial.create_sip_participant`, which sends the SIP code of a failed
+users to: `monitor.client.dial.create_sip_participant`, which sends the SIP code of a failed
 dial to the monitor, so each outcome can be exact. On a stack of its own, so that the
 metrics count these calls and nothing else:
 
@@ -29,11 +29,11 @@ from livekit import api
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from monitor.dial import create_sip_participant
-from monitor.logs import CallLog
-from monitor.model import CallRecord, Direction, Outcome, Source
-from monitor.privacy import NumberMasker
-from monitor.service import Monitor
+from monitor.client.dial import create_sip_participant
+from monitor.core.model import CallRecord, Direction, Outcome, Source
+from monitor.core.privacy import NumberMasker
+from monitor.runtime.service import Monitor
+from monitor.sinks.logs import CallLog
 from stack import Stack
 from stack.config import free_port
 from stack.ledger import CallEnded, Ledger

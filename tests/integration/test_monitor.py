@@ -28,14 +28,14 @@ import structlog
 from livekit import api
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.adapter import RoomObserver
-from monitor.dial import create_sip_participant
-from monitor.logs import CallLog
-from monitor.model import CallRecord, Direction, EndedBy, Outcome
-from monitor.room_link import LinkHooks, Observers
-from monitor.rtc_observers import ObserverPool, ProcessLink
-from monitor.service import observer_token
-from monitor.signal_observer import SignalObservers
+from monitor.client.dial import create_sip_participant
+from monitor.core.model import CallRecord, Direction, EndedBy, Outcome
+from monitor.runtime.service import observer_token
+from monitor.sinks.logs import CallLog
+from monitor.sources.room_link import LinkHooks, Observers
+from monitor.sources.rtc_adapter import RoomObserver
+from monitor.sources.rtc_observers import ObserverPool, ProcessLink
+from monitor.sources.signal_observer import SignalObservers
 from stack import Stack
 from stack.config import free_port
 from stack.ledger import CallEnded, Ledger
@@ -399,7 +399,7 @@ async def test_restarted_mid_call_the_monitor_loses_no_call_and_counts_none_twic
 async def test_observer_is_invisible_and_does_not_keep_a_room_open(
     stack: Stack, lkapi: api.LiveKitAPI, observe: JoinObserver, kind: str
 ) -> None:
-    from monitor.config import load_settings
+    from monitor.runtime.config import load_settings
 
     settings = load_settings({}, stack.env())
     room = unique_room("hidden")
@@ -762,7 +762,7 @@ async def test_an_abandoned_join_neither_brings_the_process_down_nor_stays(
     """A join that times out is left to finish, then left: cancelling the SDK's connect
     midway makes its FFI panic after a few seconds, and the SDK then SIGTERMs the whole
     process (this test's process, were it so)."""
-    from monitor.config import load_settings
+    from monitor.runtime.config import load_settings
 
     settings = load_settings({}, stack.env())
     room = unique_room("abandoned")

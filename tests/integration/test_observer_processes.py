@@ -13,10 +13,10 @@ import logging
 
 import pytest
 
-from monitor.config import load_settings
-from monitor.room_link import JoinFailed, LinkHooks
-from monitor.rtc_observers import ObserverPool
-from monitor.service import observer_token
+from monitor.runtime.config import load_settings
+from monitor.runtime.service import observer_token
+from monitor.sources.room_link import JoinFailed, LinkHooks
+from monitor.sources.rtc_observers import ObserverPool
 from stack import Stack
 from stack.config import free_port
 from tests.integration.conftest import unique_room

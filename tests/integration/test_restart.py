@@ -28,7 +28,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.journal import Counted, Header, read_journal
+from monitor.core.journal_format import Counted, Header
+from monitor.sinks.journal import read_journal
 from stack import Stack
 from stack.ledger import CallEnded, Ledger
 from tests.integration.conftest import PlaceCall, await_call_ended, sim_number, unique_room

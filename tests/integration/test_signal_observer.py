@@ -1,5 +1,5 @@
 """The signal-channel observer against the real livekit-server, with the WebRTC SDK's
-observer (`monitor/adapter.py`) as its oracle.
+observer (`monitor/sources/rtc_adapter.py`) as its oracle.
 
 Both observers sit in the same rooms while the simulator places the outbound and inbound
 scenarios; what each reports of the SIP participant must agree: the statuses in order,
@@ -20,9 +20,7 @@ import pytest
 import pytest_asyncio
 from livekit import api
 
-from monitor.adapter import RoomObserver as RtcObserver
-from monitor.config import Settings, load_settings
-from monitor.model import (
+from monitor.core.model import (
     AttributesChanged,
     Event,
     ParticipantLeft,
@@ -30,9 +28,11 @@ from monitor.model import (
     Reason,
     RoomEnded,
 )
-from monitor.room_link import JoinFailed, LinkHooks
-from monitor.service import observer_token
-from monitor.signal_observer import SignalLink, SignalObservers
+from monitor.runtime.config import Settings, load_settings
+from monitor.runtime.service import observer_token
+from monitor.sources.room_link import JoinFailed, LinkHooks
+from monitor.sources.rtc_adapter import RoomObserver as RtcObserver
+from monitor.sources.signal_observer import SignalLink, SignalObservers
 from stack import Stack
 from tests.integration.conftest import (
     JoinAnswerer,

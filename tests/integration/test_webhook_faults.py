@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.model import Outcome
+from monitor.core.model import Outcome
 from stack import Stack
 from stack.config import free_port
 from stack.ledger import Ledger

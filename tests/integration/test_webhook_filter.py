@@ -17,8 +17,8 @@ import pytest
 import pytest_asyncio
 from livekit import api
 
-from monitor.service import Monitor
-from monitor.sources import WEBHOOK_EVENTS_USED
+from monitor.runtime.service import Monitor
+from monitor.sources.webhooks import WEBHOOK_EVENTS_USED
 from stack import Stack, StackConfig
 from stack.config import free_port
 from tests.integration.conftest import (

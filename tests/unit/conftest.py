@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from monitor.http import build_app
-from monitor.service import Monitor
+from monitor.runtime.http import build_app
+from monitor.runtime.service import Monitor
 from tests.unit.test_http import Client, make_monitor
 
 

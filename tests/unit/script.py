@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from monitor.machine import CallBook, MachineSettings
-from monitor.model import (
+from monitor.core.machine import CallBook, MachineSettings
+from monitor.core.model import (
     AttributesChanged,
     CallEnded,
     CallRecord,

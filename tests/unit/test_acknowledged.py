@@ -27,13 +27,13 @@ from livekit import api
 from livekit.protocol import models, webhook
 
 from bench.monitor_proc import MonitorProcess
-from monitor.config import load_settings
-from monitor.http import build_app
-from monitor.journal import BadLine, read_journal
-from monitor.journal_sync import JournalSync
-from monitor.model import ParticipantSeen
-from monitor.service import Monitor
-from monitor.sources import RoomListings
+from monitor.core.model import ParticipantSeen
+from monitor.runtime.config import load_settings
+from monitor.runtime.http import build_app
+from monitor.runtime.service import Monitor
+from monitor.sinks.journal import BadLine, read_journal
+from monitor.sinks.journal_sync import JournalSync
+from monitor.sources.listings import RoomListings
 from stack.config import free_port
 from tests.unit.test_http import KEY, SECRET, signed
 
@@ -197,7 +197,7 @@ async def test_a_livekit_that_never_answers_turns_readiness_off_within_the_timeo
     lkapi = api.LiveKitAPI(settings.livekit_url, KEY, SECRET)
     session = aiohttp.ClientSession()
     listings = RoomListings(settings.livekit_url, KEY, SECRET, session)
-    reconciling = asyncio.create_task(monitor._reconcile(lkapi, listings))
+    reconciling = asyncio.create_task(monitor._reconcile(monitor.reconciler(lkapi, listings)))
     began = time.monotonic()
     try:
         async with asyncio.timeout(10):

@@ -21,11 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from livekit.protocol import models, webhook
 
-from monitor.config import load_settings
-from monitor.http import build_app
-from monitor.journal import (
+from monitor.core.journal_format import (
     _TYPE_OF,
-    BadLine,
     BadLineKind,
     CarriedCall,
     CarriedEnd,
@@ -34,10 +31,9 @@ from monitor.journal import (
     JournalError,
     decode_line,
     encode_event,
-    read_journal,
 )
-from monitor.machine import CallBook, MachineSettings
-from monitor.model import (
+from monitor.core.machine import CallBook, MachineSettings
+from monitor.core.model import (
     ATTR_CALL_ID,
     ATTR_CALL_STATUS,
     Anomaly,
@@ -53,8 +49,11 @@ from monitor.model import (
     Source,
     Tick,
 )
-from monitor.service import Monitor
-from monitor.sources import events_of_webhook
+from monitor.runtime.config import load_settings
+from monitor.runtime.http import build_app
+from monitor.runtime.service import Monitor
+from monitor.sinks.journal import BadLine, read_journal
+from monitor.sources.webhooks import events_of_webhook
 from tests.unit.test_http import KEY, SECRET, queued, signed
 
 T0 = 1_800_000_000.0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from monitor.cli import main, open_journal
-from monitor.config import load_settings
+from monitor.runtime.config import load_settings
 from tests import trace_journal
 
 ENV = {

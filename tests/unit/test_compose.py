@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from monitor.config import SETTINGS, ConfigError, load_settings
-from monitor.sources import WEBHOOK_EVENTS_USED
+from monitor.runtime.config import SETTINGS, ConfigError, load_settings
+from monitor.sources.webhooks import WEBHOOK_EVENTS_USED
 from tests.tools import system_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -289,7 +289,7 @@ def port_problems(compose: Mapping[str, Any]) -> list[str]:
 def monitor_env_problems(env: Mapping[str, str]) -> list[str]:
     """The monitor's variables are settings it knows, with values it accepts."""
     problems = [
-        f"{key} is not a setting of the monitor (monitor/config.py)"
+        f"{key} is not a setting of the monitor (monitor/runtime/config.py)"
         for key in env
         if key.startswith(MONITOR_PREFIXES) and key not in MONITOR_ENVS
     ]

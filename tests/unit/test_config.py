@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import ConfigError, describe, load_settings, redacted_url
+from monitor.runtime.config import ConfigError, describe, load_settings, redacted_url
 
 BASE = {
     "LIVEKIT_URL": "ws://127.0.0.1:7880",
@@ -75,7 +75,7 @@ def test_secret_never_appears_in_errors_descriptions_or_repr() -> None:
     def failing(value: str) -> str:
         raise ValueError("is malformed")
 
-    from monitor import config
+    from monitor.runtime import config
 
     secret_setting = next(s for s in config.SETTINGS if s.secret)
     patched = config.Setting(
@@ -99,7 +99,7 @@ def test_connection_settings_may_be_absent_when_not_required() -> None:
 
 
 def test_readme_lists_every_setting() -> None:
-    from monitor.config import SETTINGS
+    from monitor.runtime.config import SETTINGS
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for setting in SETTINGS:

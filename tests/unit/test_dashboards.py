@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from dashboards import generate
 from dashboards.core import concrete
-from monitor.metrics import MonitorMetrics
+from monitor.sinks.metrics import MonitorMetrics
 from tests.tools import promtool
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from livekit import api
 
-from monitor.hook_token import (
+from monitor.client.hook_token import (
     CALLS,
     DIAL,
     MAX_LIFETIME_SECONDS,
@@ -31,7 +31,7 @@ from monitor.hook_token import (
     body_sha256,
     mint_hook_token,
 )
-from monitor.service import Monitor
+from monitor.runtime.service import Monitor
 from tests.unit.test_http import KEY, SECRET, bearer, post_dial, sample
 
 Client = TestClient[web.Request, web.Application]

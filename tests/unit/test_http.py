@@ -21,12 +21,24 @@ from google.protobuf.json_format import MessageToJson, Parse
 from livekit import api
 from livekit.protocol import models, webhook
 
-from monitor.config import load_settings
-from monitor.dial import report_dial_failure
-from monitor.hook_token import CALLS, DIAL, mint_hook_token
-from monitor.model import DialFailed, Event, ParticipantLeft, ParticipantSeen, Reason, RoomEnded
-from monitor.service import Monitor
-from monitor.sources import WEBHOOK_EVENTS_USED, WebhookIntake, events_of_webhook, webhook_result
+from monitor.client.dial import report_dial_failure
+from monitor.client.hook_token import CALLS, DIAL, mint_hook_token
+from monitor.core.model import (
+    DialFailed,
+    Event,
+    ParticipantLeft,
+    ParticipantSeen,
+    Reason,
+    RoomEnded,
+)
+from monitor.runtime.config import load_settings
+from monitor.runtime.service import Monitor
+from monitor.sources.webhooks import (
+    WEBHOOK_EVENTS_USED,
+    WebhookIntake,
+    events_of_webhook,
+    webhook_result,
+)
 from stack.config import free_port
 
 Client = TestClient[web.Request, web.Application]
@@ -415,7 +427,7 @@ async def test_health_readiness_and_metrics(served: tuple[Monitor, Client]) -> N
 async def test_metrics_and_readiness_can_have_a_listener_of_their_own() -> None:
     """With CALL_MONITOR_METRICS_PORT, /metrics and /readyz leave the listener that
     faces livekit-server (webhooks) and the dialers, and can stay on localhost."""
-    from monitor.http import serve
+    from monitor.runtime.http import serve
 
     settings = load_settings(
         {"http_port": "0", "metrics_port": "0"},

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from monitor.config import load_settings
-from monitor.hook_token import DIAL
-from monitor.http import serve
-from monitor.journal import decode_line, encode_event
-from monitor.machine import CallBook
-from monitor.model import DialFailed, Event
-from monitor.service import Monitor
+from monitor.client.hook_token import DIAL
+from monitor.core.journal_format import decode_line, encode_event
+from monitor.core.machine import CallBook
+from monitor.core.model import DialFailed, Event
+from monitor.runtime.config import load_settings
+from monitor.runtime.http import serve
+from monitor.runtime.service import Monitor
 from tests.unit.test_http import KEY, SECRET, hook_headers
 
 T = TypeVar("T")

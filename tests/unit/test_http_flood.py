@@ -1,6 +1,6 @@
 """What unauthenticated clients can cost the monitor's HTTP server, measured from outside.
 
-The real server (`monitor.http.serve`, in a process of its own so its memory is its
+The real server (`monitor.runtime.http.serve`, in a process of its own so its memory is its
 own, default settings) takes 3,000 idle connections and 300 partial 1 MiB bodies sent
 slowly to /webhook and /dial without a valid token, twice. Its RSS must grow by under
 20 MiB, the second round must reuse what the first took rather than add to it, and

@@ -1,4 +1,4 @@
-"""Per-connection limits of the real server (`monitor.http.serve`): the token before the
+"""Per-connection limits of the real server (`monitor.runtime.http.serve`): the token before the
 body, a deadline for the body, and room made at the connection cap."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-from monitor.config import load_settings
-from monitor.hook_token import DIAL, mint_hook_token
-from monitor.http import serve
-from monitor.http_limits import MIN_AGE
-from monitor.service import Monitor
+from monitor.client.hook_token import DIAL, mint_hook_token
+from monitor.runtime.config import load_settings
+from monitor.runtime.http import serve
+from monitor.runtime.http_limits import MIN_AGE
+from monitor.runtime.service import Monitor
 from tests.unit.test_http import KEY, SECRET
 
 ENV = {"LIVEKIT_URL": "ws://127.0.0.1:1", "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET}

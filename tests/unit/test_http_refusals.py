@@ -7,7 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from monitor.service import Monitor
+from monitor.runtime.service import Monitor
 from tests.unit.test_http import participant_left_body, sample, signed
 
 Client = TestClient[web.Request, web.Application]

@@ -11,18 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from monitor.journal import (
+from monitor.core.journal_format import (
     CarriedCall,
     Header,
     JournalError,
-    JournalWriter,
     decode_line,
     encode_event,
     encode_open_call,
-    read_journal,
 )
-from monitor.machine import CallBook, MachineSettings
-from monitor.model import (
+from monitor.core.machine import CallBook, MachineSettings
+from monitor.core.model import (
     CallState,
     DialFailed,
     MonitorRestarted,
@@ -34,8 +32,9 @@ from monitor.model import (
     Source,
     parse_reason,
 )
-from monitor.privacy import NumberMasker
-from monitor.replay import print_replay, replay, replay_events
+from monitor.core.privacy import NumberMasker
+from monitor.runtime.replay import print_replay, replay, replay_events
+from monitor.sinks.journal import JournalWriter, read_journal
 from tests import trace_journal
 from tests.unit.script import T0, CallScript
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from structlog.testing import capture_logs
 
-from monitor.logs import LogRateLimiter
+from monitor.sinks.logs import LogRateLimiter
 
 
 class Clock:

@@ -24,8 +24,11 @@ import structlog
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
-from monitor.config import Settings, load_settings
-from monitor.logs import (
+from monitor.core.machine import CallBook, MachineSettings
+from monitor.core.model import Anomaly, AnomalyKind, Event, Reason
+from monitor.core.privacy import NumberMasker
+from monitor.runtime.config import Settings, load_settings
+from monitor.sinks.logs import (
     ANOMALY_LOG_LIMIT,
     REDACTED,
     CallLog,
@@ -34,10 +37,7 @@ from monitor.logs import (
     iso_time,
     redact_secrets,
 )
-from monitor.machine import CallBook, MachineSettings
-from monitor.model import Anomaly, AnomalyKind, Event, Reason
-from monitor.privacy import NumberMasker
-from monitor.rtc_observers import native_record
+from monitor.sources.rtc_observers import native_record
 from tests.tools import system_tool
 from tests.unit.script import T0, CallScript
 

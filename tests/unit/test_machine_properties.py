@@ -7,9 +7,9 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.journal import Header, decode_line, encode_event, encode_header
-from monitor.machine import CallBook, MachineSettings
-from monitor.model import (
+from monitor.core.journal_format import Header, decode_line, encode_event, encode_header
+from monitor.core.machine import CallBook, MachineSettings
+from monitor.core.model import (
     AttributesChanged,
     CallEnded,
     CallStarted,
@@ -27,7 +27,7 @@ from monitor.model import (
     StateChanged,
     Tick,
 )
-from monitor.replay import replay_events
+from monitor.runtime.replay import replay_events
 
 T0 = 1_800_000_000.0
 STATUSES = st.sampled_from(

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from monitor.machine import CallBook, MachineSettings
-from monitor.model import (
+from monitor.core.machine import CallBook, MachineSettings
+from monitor.core.model import (
     Anomaly,
     AnomalyKind,
     AttributesChanged,

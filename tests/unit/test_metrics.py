@@ -8,9 +8,8 @@ from collections.abc import Iterable
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitor.machine import CallBook, MachineSettings
-from monitor.metrics import MonitorMetrics
-from monitor.model import (
+from monitor.core.machine import CallBook, MachineSettings
+from monitor.core.model import (
     Anomaly,
     AnomalyKind,
     CallStarted,
@@ -18,6 +17,7 @@ from monitor.model import (
     Reason,
     Source,
 )
+from monitor.sinks.metrics import MonitorMetrics
 from tests.tools import promtool
 from tests.unit.script import CallScript
 

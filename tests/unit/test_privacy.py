@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from monitor.privacy import NumberMasker, mask_number, mask_numbers_in
+from monitor.core.privacy import NumberMasker, mask_number, mask_numbers_in
 
 
 @pytest.mark.parametrize(

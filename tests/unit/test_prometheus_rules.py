@@ -27,9 +27,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from monitor.machine import CallBook, MachineSettings
-from monitor.metrics import MonitorMetrics
-from monitor.model import AnomalyKind, Direction, Outcome
+from monitor.core.machine import CallBook, MachineSettings
+from monitor.core.model import AnomalyKind, Direction, Outcome
+from monitor.sinks.metrics import MonitorMetrics
 from tests.tools import promtool
 from tests.unit.test_metrics import mixed_calls
 
@@ -158,7 +158,7 @@ def metric_problems(rules: list[Rule], exposed: set[str]) -> list[str]:
             if ":" in name and name not in recorded:
                 problems.append(f"{what}: {name} is no recording rule")
             elif name.startswith("call_monitor_") and name not in exposed:
-                problems.append(f"{what}: {name} is not exposed by monitor/metrics.py")
+                problems.append(f"{what}: {name} is not exposed by monitor/sinks/metrics.py")
     return problems
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from monitor.config import load_settings
-from monitor.journal import CarriedCall, Counted, read_journal
-from monitor.model import (
+from monitor.core.journal_format import CarriedCall, Counted
+from monitor.core.model import (
     Anomaly,
     AnomalyKind,
     CallEnded,
@@ -30,9 +29,11 @@ from monitor.model import (
     Source,
     Tick,
 )
-from monitor.replay import replay
-from monitor.restore import journal_files
-from monitor.service import Monitor
+from monitor.runtime.config import load_settings
+from monitor.runtime.replay import replay
+from monitor.runtime.restore import journal_files
+from monitor.runtime.service import Monitor
+from monitor.sinks.journal import read_journal
 from tests.unit.script import T0, CallScript, run
 
 KEY = "APIunit"

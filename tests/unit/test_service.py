@@ -1,4 +1,5 @@
-"""The service's pieces that need no LiveKit: the observer's token and room policy."""
+"""The service's pieces that need no LiveKit: the observer's token, room watching's
+policy, the pipeline's resilience, the listing tokens."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from dataclasses import replace
 import aiohttp
 from livekit import api
 
-from monitor.config import load_settings
-from monitor.model import Effect, Event, ParticipantSeen, Reason, Source
-from monitor.service import Monitor, observer_token
-from monitor.sources import RoomListings
+from monitor.core.model import Effect, Event, ParticipantSeen, Reason, Source
+from monitor.runtime.config import load_settings
+from monitor.runtime.service import Monitor, observer_token
+from monitor.sources.listings import RoomListings
 from tests.unit.script import CallScript
 
 KEY = "APIunit"
@@ -72,7 +73,8 @@ def test_without_webhooks_the_default_mode_stays_for_the_whole_call() -> None:
 
 
 def test_livekit_url_works_in_either_scheme_for_rooms_and_the_api() -> None:
-    from monitor.service import _http_url, _ws_url
+    from monitor.runtime.rooms import ws_url as _ws_url
+    from monitor.runtime.service import _http_url
 
     assert (_ws_url("https://lk.example.com"), _http_url("wss://lk.example.com")) == (
         "wss://lk.example.com",
@@ -83,25 +85,6 @@ def test_livekit_url_works_in_either_scheme_for_rooms_and_the_api() -> None:
         "http://127.0.0.1:7880",
     )
     assert _http_url("ws://127.0.0.1:7880") == "http://127.0.0.1:7880"
-
-
-def test_a_listing_leaves_a_participant_who_just_joined_to_its_join_webhook() -> None:
-    from monitor.model import Participant, ParticipantSeen, Source
-
-    def seen(joined_at: float | None, sid: str = "PA_new") -> ParticipantSeen:
-        who = Participant(sid, "sip_1", {"sip.callStatus": "ringing"}, True, joined_at)
-        return ParticipantSeen(100.0, Source.RECONCILE, "call-test", who, "RM_1")
-
-    with_webhooks = Monitor(load_settings({}, ENV))
-    # Joined 1 s ago and unknown: the join webhook, with the status it joined with, comes.
-    assert with_webhooks._awaits_join_webhook(seen(99.0), set(), 100.0)
-    # Known already, or joined long enough ago for the webhook to have been lost.
-    assert not with_webhooks._awaits_join_webhook(seen(99.0), {"PA_new"}, 100.0)
-    assert not with_webhooks._awaits_join_webhook(seen(90.0), set(), 100.0)
-    assert not with_webhooks._awaits_join_webhook(seen(None), set(), 100.0)
-    # Without webhooks, a listing is how calls are found: nothing waits.
-    without = Monitor(load_settings({"webhooks": "false"}, ENV))
-    assert not without._awaits_join_webhook(seen(99.0), set(), 100.0)
 
 
 async def test_an_event_the_service_fails_on_costs_that_event_alone() -> None:
@@ -125,7 +108,7 @@ async def test_an_event_the_service_fails_on_costs_that_event_alone() -> None:
 
     monitor.book.step = fails_once  # type: ignore[method-assign]
     with structlog.testing.capture_logs() as logs:
-        consumer = asyncio.create_task(monitor._consume())
+        consumer = asyncio.create_task(monitor.pipeline.consume())
         for event in events:
             monitor.submit(event)
         for _ in range(100):  # the queue drains in milliseconds, or never
@@ -177,22 +160,3 @@ async def test_a_rooms_listing_token_is_signed_once_and_renewed_at_half_its_life
         assert listings._client("call-a") is not renewed  # forgotten, signed anew
     finally:
         await session.close()
-
-
-def test_reconciliation_skips_empty_rooms_without_calls_once_it_has_asked_every_room() -> None:
-    monitor = Monitor(load_settings({}, ENV))
-    empty, busy = api.Room(name="left-behind"), api.Room(name="busy", num_participants=2)
-    known = api.Room(name="call-test")  # ListRooms' count lags: empty, yet a call is known
-    feed(monitor, CallScript().seen(0.0, "dialing"))
-    rooms = monitor.book.rooms()
-    # The first pass asks every room: webhooks sent before the start reached no one.
-    assert all(monitor._worth_listing(room, rooms) for room in (empty, busy, known))
-    monitor._listed_every_room = True
-    assert [room.name for room in (empty, busy, known) if monitor._worth_listing(room, rooms)] == [
-        "busy",
-        "call-test",
-    ]
-    # Without webhooks the listing is how calls are found: every room, every pass.
-    without = Monitor(load_settings({"webhooks": "false"}, ENV))
-    without._listed_every_room = True
-    assert without._worth_listing(empty, set())

@@ -1,6 +1,6 @@
 """What the signal-channel observer makes of livekit-server's participant snapshots.
 
-`ParticipantView` is the pure part of `monitor/signal_observer.py`: it gets the
+`ParticipantView` is the pure part of `monitor/sources/signal_observer.py`: it gets the
 `ParticipantInfo` lists of a JoinResponse or a ParticipantUpdate (livekit-protocol's own
 messages, built here as the server would send them) and returns the machine's events.
 The client around it is tested against the real server in
@@ -14,14 +14,14 @@ import sys
 
 from livekit.protocol import models
 
-from monitor.model import (
+from monitor.core.model import (
     AttributesChanged,
     ParticipantLeft,
     ParticipantSeen,
     Reason,
     Source,
 )
-from monitor.signal_observer import ParticipantView
+from monitor.sources.signal_observer import ParticipantView
 
 SIP = models.ParticipantInfo.Kind.SIP
 STANDARD = models.ParticipantInfo.Kind.STANDARD
@@ -161,8 +161,8 @@ def test_the_default_monitor_never_loads_the_webrtc_sdk() -> None:
     program = (
         "import sys\n"
         "from monitor.cli import main\n"
-        "from monitor.config import load_settings\n"
-        "from monitor.service import Monitor\n"
+        "from monitor.runtime.config import load_settings\n"
+        "from monitor.runtime.service import Monitor\n"
         "env = {'LIVEKIT_URL': 'ws://127.0.0.1:1', 'LIVEKIT_API_KEY': 'k',\n"
         "       'LIVEKIT_API_SECRET': 's' * 40}\n"
         "monitor = Monitor(load_settings({}, env))\n"

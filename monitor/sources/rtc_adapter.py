@@ -17,7 +17,7 @@ from typing import Any
 
 from livekit import rtc
 
-from monitor.model import (
+from monitor.core.model import (
     ROOM_GONE_REASONS,
     AttributesChanged,
     Event,

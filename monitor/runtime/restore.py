@@ -22,10 +22,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from monitor.journal import BadLine, Counted, JournalLine, read_journal
-from monitor.machine import CallBook
-from monitor.model import CallEnded, CallStarted, MonitorRestarted
-from monitor.replay import JournalFeed
+from monitor.core.journal_format import Counted, JournalLine
+from monitor.core.machine import CallBook
+from monitor.core.model import CallEnded, CallStarted, MonitorRestarted
+from monitor.runtime.replay import JournalFeed
+from monitor.sinks.journal import BadLine, read_journal
 
 __all__ = ["Restored", "journal_files", "restore", "restore_from_file"]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 
-from monitor.model import (
+from monitor.core.model import (
     ATTR_CALL_STATUS,
     ATTR_PHONE_NUMBER,
     ATTR_RULE_ID,
@@ -57,7 +57,7 @@ from monitor.model import (
     Tick,
     Timings,
 )
-from monitor.outcome import decide
+from monitor.core.outcome import decide
 
 __all__ = [
     "END_TRANSITIONS",

@@ -7,13 +7,16 @@
 - `POST /dial`: the dial-side hook (SIP code of a failed CreateSIPParticipant).
 - `GET /calls`: calls not yet final, numbers masked.
 
-`/dial` and `/calls` need `Authorization: Bearer <hook token>` (`monitor.hook_token`):
+`/dial` and `/calls` need `Authorization: Bearer <hook token>`
+(`monitor.client.hook_token`):
 signed with the LiveKit API key, naming its purpose, minutes of life, no LiveKit grant
 (a leaked one can place no call), and for /dial the body's sha256. A signature alone is
 not enough: every room-join token a browser holds is signed with that key; a token
 with a SIP grant is refused too, since livekit-server would let it dial.
 Bad requests get a 4xx with a one-line JSON message (unknown paths and methods too),
 are counted, and are logged at a rate limit with their reason (never the token).
+
+It serves a `Served`: what it needs of the monitor, and nothing more.
 """
 
 from __future__ import annotations
@@ -21,37 +24,58 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from monitor.config import ConfigError
-from monitor.hook_token import CALLS, DIAL, HookClaims, HookTokenRefused, HookTokenVerifier
-from monitor.http_limits import (
+from monitor.client.hook_token import CALLS, DIAL, HookClaims, HookTokenRefused, HookTokenVerifier
+from monitor.core.model import CallRecord, DialFailed, Event
+from monitor.core.privacy import NumberMasker
+from monitor.runtime.config import ConfigError, Settings
+from monitor.runtime.http_limits import (
     CappedSite,
     ConnectionCap,
     file_limit_share,
     handler_settings,
     listening_socket,
 )
-from monitor.logs import LogRateLimiter
-from monitor.model import DialFailed, Event
-from monitor.privacy import NumberMasker
-from monitor.replay import record_summary
-from monitor.sources import WebhookRejected, events_of_webhook, webhook_result
+from monitor.runtime.replay import record_summary
+from monitor.sinks.journal_sync import JournalSync
+from monitor.sinks.logs import LogRateLimiter
+from monitor.sinks.metrics import MonitorMetrics
+from monitor.sources.webhooks import (
+    WebhookIntake,
+    WebhookRejected,
+    events_of_webhook,
+    webhook_result,
+)
 
-if TYPE_CHECKING:
-    from monitor.service import Monitor
+__all__ = ["Served", "build_app", "serve"]
 
-__all__ = ["build_app", "serve"]
+
+class Served(Protocol):
+    """What the HTTP surface needs of the monitor (`monitor.runtime.service.Monitor`)."""
+
+    settings: Settings
+    clock: Callable[[], float]
+    webhooks: WebhookIntake
+    metrics: MonitorMetrics
+    ready: bool
+    not_ready_reason: str
+
+    @property
+    def journal_sync(self) -> JournalSync: ...
+    def submit(self, event: Event) -> bool: ...
+    def live_calls(self) -> list[CallRecord]: ...
+
 
 log = structlog.get_logger("call_monitor")
 
-_MONITOR: web.AppKey[Monitor] = web.AppKey("monitor")
+_MONITOR: web.AppKey[Served] = web.AppKey("monitor")
 # One `http_request_refused` line per endpoint, status and kind of reason every 10 s:
 # a livekit-server signing with another key shows in the log, a flood does not fill it.
 _REFUSALS_LOGGED: web.AppKey[LogRateLimiter] = web.AppKey("refusals_logged")
@@ -67,7 +91,7 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _monitor(request: web.Request) -> Monitor:
+def _monitor(request: web.Request) -> Served:
     return request.app[_MONITOR]
 
 
@@ -174,7 +198,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def _keep(request: web.Request, endpoint: str, events: list[Event]) -> web.Response | None:
     """Journal and queue a request's events, and wait until the journal holds them as
-    the fsync policy promises (monitor/journal_sync.py): only then is the request
+    the fsync policy promises (monitor/sinks/journal_sync.py): only then is the request
     acknowledged. None when kept; else a 503, so that the sender may try again (the
     machine takes a repeated event as the same fact)."""
     monitor = _monitor(request)
@@ -309,7 +333,7 @@ async def calls(request: web.Request) -> web.Response:
 
 
 def build_app(
-    monitor: Monitor, *, observability: bool = True, calls_api: bool = True
+    monitor: Served, *, observability: bool = True, calls_api: bool = True
 ) -> web.Application:
     """The app: `observability` routes (/metrics, /readyz) and the `calls_api`
     (/webhook, /dial, /calls); /healthz always."""
@@ -353,7 +377,7 @@ async def _listening(app: web.Application, host: str, port: int) -> AsyncIterato
 
 
 @asynccontextmanager
-async def serve(monitor: Monitor) -> AsyncIterator[tuple[int, int]]:
+async def serve(monitor: Served) -> AsyncIterator[tuple[int, int]]:
     """Serve on the configured addresses; yields (HTTP port, metrics port).
 
     With `metrics_port` set, /metrics and /readyz move to a listener of their own (so

@@ -22,14 +22,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, TextIO
+from typing import Any, Final, Protocol, TextIO
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-from monitor.config import Settings
-from monitor.model import (
+from monitor.core.model import (
     Anomaly,
     CallEnded,
     CallRecord,
@@ -38,7 +37,7 @@ from monitor.model import (
     Effect,
     StateChanged,
 )
-from monitor.privacy import NumberMasker
+from monitor.core.privacy import NumberMasker
 
 __all__ = [
     "ANOMALY_LOG_LIMIT",
@@ -208,7 +207,22 @@ class MaskNumbers:
 # ---- configuration -----------------------------------------------------------------------
 
 
-def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
+class LogSettings(Protocol):
+    """What logging is set by (`monitor.runtime.config.Settings` has these)."""
+
+    @property
+    def log_format(self) -> str: ...
+    @property
+    def log_level(self) -> str: ...
+    @property
+    def mask_numbers(self) -> bool: ...
+    @property
+    def mask_keep_digits(self) -> int: ...
+    @property
+    def instance(self) -> str: ...
+
+
+def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> None:
     """Configure structlog (and the stdlib `logging` of libraries) for the whole process.
 
     Call once at start-up. JSON lines go to `stream` (stdout by default) when

@@ -12,7 +12,7 @@ bound to the report's body, valid two minutes, and granting nothing on livekit-s
 so one seen on the wire cannot place a call: it can only repeat its own report for two
 minutes. Keep the monitor on a private network or behind TLS all the same.
 
-    from monitor.dial import create_sip_participant
+    from monitor.client.dial import create_sip_participant
     await create_sip_participant(lkapi, request, monitor_url="http://monitor:9469",
                                  api_key=KEY, api_secret=SECRET)
 """
@@ -26,7 +26,7 @@ import aiohttp
 from livekit import api
 from livekit.protocol.sip import CreateSIPParticipantRequest, SIPParticipantInfo
 
-from monitor.hook_token import DIAL, mint_hook_token
+from monitor.client.hook_token import DIAL, mint_hook_token
 
 __all__ = ["create_sip_participant", "report_dial_failure"]
 

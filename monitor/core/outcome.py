@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from monitor.model import Direction, EndedBy, Outcome, Reason, SipStatus
+from monitor.core.model import Direction, EndedBy, Outcome, Reason, SipStatus
 
 __all__ = ["Verdict", "decide", "outcome_of_sip_code"]
 

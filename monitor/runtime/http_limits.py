@@ -27,7 +27,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from monitor.logs import LogRateLimiter
+from monitor.sinks.logs import LogRateLimiter
 
 __all__ = ["CappedSite", "ConnectionCap", "handler_settings", "listening_socket"]
 

@@ -33,7 +33,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monitor.model import (
+from monitor.core.model import (
     Anomaly,
     AnomalyKind,
     CallEnded,

@@ -1,6 +1,6 @@
 """What the service needs of a room observer, whichever client holds the connection.
 
-Two observers implement it: the signal-channel client (`monitor/signal_observer.py`, the
+Two observers implement it: the signal-channel client (`monitor/sources/signal_observer.py`, the
 default: a WebSocket in the monitor's own event loop) and the WebRTC SDK in recycled
 child processes (`monitor/observers.py`, `--observer rtc`). The service joins a room
 through an `Observers`, gets a `RoomLink`, and learns through `LinkHooks` when the link

@@ -1,11 +1,10 @@
-"""The two API sources besides the room: webhooks and RoomService listings.
+"""livekit-server's webhooks: verified, then turned into the machine's events.
 
-Both speak livekit-api's protobuf types (`livekit.protocol`), never `livekit.rtc`.
-Webhooks are verified with livekit-api's own `TokenVerifier` (JWT signed with the API
-key) before their body is read, then by the sha256 of the body; they are an equal
+They speak livekit-api's protobuf types (`livekit.protocol`), never `livekit.rtc`. A
+webhook is verified with livekit-api's own `TokenVerifier` (JWT signed with the API
+key) before its body is read, then by the sha256 of the body. Webhooks are an equal
 source, not a fallback: livekit-server sends them at once, while it batches the joins
-and leaves of participants that publish nothing. A listing gives snapshots, and tells
-which known calls are gone.
+and leaves of participants that publish nothing.
 """
 
 from __future__ import annotations
@@ -14,12 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
-import time
-from collections.abc import Callable, Iterable
-from datetime import timedelta
 from typing import Any
-
-import aiohttp
 
 # PyJWT is what livekit-api verifies tokens with; its errors are the bad signatures.
 import jwt
@@ -27,40 +21,26 @@ from google.protobuf.json_format import ParseDict
 from livekit import api
 from livekit.protocol import models, webhook
 
-from monitor.model import (
+from monitor.core.model import (
     Event,
-    Participant,
     ParticipantLeft,
     ParticipantSeen,
     RoomEnded,
     Source,
     parse_reason,
 )
+from monitor.sources.protocol import participant_from_info
 
 __all__ = [
     "WEBHOOK_EVENTS_USED",
-    "RoomListings",
     "WebhookIntake",
     "WebhookRejected",
     "events_of_webhook",
-    "listing_events",
-    "participant_from_info",
     "webhook_result",
 ]
 
 
 _SIP = models.ParticipantInfo.Kind.SIP
-
-
-def participant_from_info(info: models.ParticipantInfo) -> Participant:
-    joined_ms = info.joined_at_ms or info.joined_at * 1000
-    return Participant(
-        sid=info.sid,
-        identity=info.identity,
-        attributes=dict(info.attributes),
-        is_sip=info.kind == models.ParticipantInfo.Kind.SIP,
-        joined_at=joined_ms / 1000.0 if joined_ms else None,
-    )
 
 
 class WebhookRejected(Exception):
@@ -187,71 +167,3 @@ def events_of_webhook(event: webhook.WebhookEvent, at: float) -> list[Event]:
     if event.event == "room_finished":
         return [RoomEnded(at, Source.WEBHOOK, room, None, room_sid)]
     return []
-
-
-class RoomListings:
-    """ListParticipants of any room, each room's token signed once and reused.
-
-    livekit-server wants `room_admin` for that very room, and livekit-api signs a new
-    JWT for every request: at 1,000 rooms listed every 30 s that signing was a sixth of
-    the monitor's main process (bench/notes.md). Here a room's token lives
-    `lifetime` seconds and is used for the first half of it, through livekit-api's
-    token mode; every room shares one HTTP session.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        api_key: str,
-        api_secret: str,
-        session: aiohttp.ClientSession,
-        lifetime: float = 600.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._url, self._key, self._secret = url, api_key, api_secret
-        self._session = session
-        self._lifetime = lifetime
-        self._clock = clock
-        self._clients: dict[str, tuple[float, api.LiveKitAPI]] = {}
-
-    async def participants(self, room: str) -> api.ListParticipantsResponse:
-        client = self._client(room)
-        return await client.room.list_participants(api.ListParticipantsRequest(room=room))
-
-    def keep_only(self, rooms: Iterable[str]) -> None:
-        """Forget the tokens of rooms no longer listed."""
-        wanted = set(rooms)
-        self._clients = {room: c for room, c in self._clients.items() if room in wanted}
-
-    def _client(self, room: str) -> api.LiveKitAPI:
-        now = self._clock()
-        cached = self._clients.get(room)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        token = (
-            api.AccessToken(self._key, self._secret)
-            .with_grants(api.VideoGrants(room_admin=True, room=room))
-            .with_ttl(timedelta(seconds=self._lifetime))
-            .to_jwt()
-        )
-        client = api.LiveKitAPI.with_token(token, self._url, session=self._session)
-        self._clients[room] = (now + self._lifetime / 2, client)
-        return client
-
-
-def listing_events(
-    at: float,
-    room: str,
-    room_sid: str,
-    listed: Iterable[models.ParticipantInfo],
-) -> tuple[list[Event], set[str]]:
-    """Snapshots of the SIP participants a listing shows, and the sids it shows."""
-    events: list[Event] = []
-    sids: set[str] = set()
-    for info in listed:
-        sids.add(info.sid)
-        if info.kind == models.ParticipantInfo.Kind.SIP:
-            events.append(
-                ParticipantSeen(at, Source.RECONCILE, room, participant_from_info(info), room_sid)
-            )
-    return events, sids

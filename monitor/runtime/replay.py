@@ -17,17 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from monitor.journal import (
-    BadLine,
-    CarriedCall,
-    CarriedEnd,
-    Counted,
-    Header,
-    JournalLine,
-    read_journal,
-)
-from monitor.machine import CallBook, MachineSettings
-from monitor.model import (
+from monitor.core.journal_format import CarriedCall, CarriedEnd, Counted, Header, JournalLine
+from monitor.core.machine import CallBook, MachineSettings
+from monitor.core.model import (
     CallEnded,
     CallRecord,
     CallStarted,
@@ -36,7 +28,8 @@ from monitor.model import (
     StateChanged,
     Tick,
 )
-from monitor.privacy import NumberMasker
+from monitor.core.privacy import NumberMasker
+from monitor.sinks.journal import BadLine, read_journal
 
 __all__ = ["ReplayResult", "print_replay", "record_summary", "replay", "replay_events"]
 

@@ -12,7 +12,7 @@ The protocol is JSON lines, one object a line, ids chosen by the monitor:
             {"op": "leave", "id"}
             {"op": "seed", "id"}                  report who is in the room now
     stdout  {"t": "joined", "id", "room_sid"}     {"t": "failed", "id", "error"}
-            {"t": "event", "id", "line"}          a journal line (monitor/journal.py)
+            {"t": "event", "id", "line"}          a journal line (monitor/sinks/journal.py)
             {"t": "lost", "id", "reason"}         {"t": "left", "id"}
             {"t": "reconnecting", "id"}           {"t": "reconnected", "id"}
             {"t": "log", "logger", "level", "message"}
@@ -34,9 +34,9 @@ import os
 import sys
 from typing import Any, TextIO
 
-from monitor.adapter import ObserverHooks, RoomObserver, native_logs_to_stderr
-from monitor.journal import encode_event
-from monitor.model import Event, Reason
+from monitor.core.journal_format import encode_event
+from monitor.core.model import Event, Reason
+from monitor.sources.rtc_adapter import ObserverHooks, RoomObserver, native_logs_to_stderr
 
 __all__ = ["main"]
 

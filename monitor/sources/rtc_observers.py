@@ -3,7 +3,7 @@ replaced as they age. The default observer needs none of this (`signal_observer.
 
 The livekit SDK keeps native memory for every room a process has joined (about 1.2 MiB
 a connection with livekit 1.2.1, python-sdks #449). So the monitor never joins a room
-itself: a child process (`monitor/observer_worker.py`) does. Once a process has closed
+itself: a child process (`monitor/sources/rtc_worker.py`) does. Once a process has closed
 `recycle_joins` connections, and at least as many as it holds open, it is retired: new
 joins go to a fresh process, the rooms it still holds are asked to move after
 `move_after` seconds (the service joins such a room again through the fresh process
@@ -31,9 +31,9 @@ from typing import Any
 
 import structlog
 
-from monitor.journal import JournalError, decode_event
-from monitor.model import ROOM_GONE_REASONS, Event, parse_reason
-from monitor.room_link import JoinFailed, LinkHooks
+from monitor.core.journal_format import JournalError, decode_event
+from monitor.core.model import ROOM_GONE_REASONS, Event, parse_reason
+from monitor.sources.room_link import JoinFailed, LinkHooks
 
 __all__ = ["ObserverPool", "ProcessLink", "native_record"]
 
@@ -337,7 +337,7 @@ class ObserverPool:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "monitor.observer_worker",
+            "monitor.sources.rtc_worker",
             str(self.sdk_log_level),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

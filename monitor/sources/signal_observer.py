@@ -40,7 +40,7 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import models
 from livekit.protocol import rtc as signal
 
-from monitor.model import (
+from monitor.core.model import (
     ROOM_GONE_REASONS,
     AttributesChanged,
     Event,
@@ -51,8 +51,8 @@ from monitor.model import (
     Source,
     parse_reason,
 )
-from monitor.room_link import JoinFailed, LinkHooks
-from monitor.sources import participant_from_info
+from monitor.sources.protocol import participant_from_info
+from monitor.sources.room_link import JoinFailed, LinkHooks
 
 __all__ = ["ParticipantView", "SignalLink", "SignalObservers"]
 

@@ -1,0 +1,1 @@
+"""Where effects go: the metrics, the call log, and the journal."""
