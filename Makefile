@@ -75,7 +75,7 @@ endef
 
 test-unit: .venv/.synced system-packages
 	@$(call pytest,coverage run -m pytest tests/unit $(PYTEST_ARGS))
-	$(RUN) coverage report --include='monitor/machine.py,monitor/outcome.py' --fail-under=100 --show-missing
+	$(RUN) coverage report --include='monitor/core/machine.py,monitor/core/outcome.py' --fail-under=100 --show-missing
 
 test: lint test-unit build
 	@$(call pytest,pytest tests/integration $(PYTEST_ARGS))

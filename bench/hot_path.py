@@ -36,6 +36,7 @@ from monitor.core.privacy import NumberMasker
 from monitor.runtime.config import load_settings
 from monitor.runtime.service import Monitor
 from monitor.sinks.logs import CallLog, configure_logging
+from monitor.sinks.metrics import sample_totals
 
 __all__ = ["main", "measure"]
 
@@ -148,13 +149,10 @@ def measure(calls: int, profile: bool) -> dict[str, Any]:
             if profiler is not None:
                 profiler.disable()
             spent = time.process_time() - began
-        ended = sum(
-            sample.value
-            for family in monitor.registry.collect()
-            for sample in family.samples
-            if sample.name == "call_monitor_calls_ended_total"
-            and sample.labels["outcome"] == "completed"
-        )
+        exposition = monitor.metrics.exposition()[0].decode()
+        ended = sample_totals(exposition, "call_monitor_calls_ended_total", by="outcome")[
+            "completed"
+        ]
         if ended != calls:
             raise SystemExit(f"expected {calls} completed calls, /metrics says {ended}")
     events = calls * 4 + 1

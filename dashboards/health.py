@@ -368,4 +368,76 @@ def health_board() -> Board:
             min_value=0,
         )
     )
+    board.row("The monitor's process")
+    board.add(
+        timeseries_panel(
+            "Memory",
+            "Resident memory of each monitor's main process (the rtc fallback's observer "
+            "processes are not in it), and its virtual memory.",
+            "bytes",
+            [
+                Query(
+                    expr=f"call_monitor_process_resident_memory_bytes{{{MONITOR}}}",
+                    legend="{{instance}} resident",
+                ),
+                Query(
+                    expr=f"call_monitor_process_virtual_memory_bytes{{{MONITOR}}}",
+                    legend="{{instance}} virtual",
+                    ref_id="B",
+                ),
+            ],
+            width=8,
+            min_value=0,
+        )
+    )
+    board.add(
+        timeseries_panel(
+            "CPU",
+            "Cores each monitor's main process uses. One process is one event loop: near "
+            "1.0 it cannot keep up.",
+            "none",
+            [
+                Query(
+                    expr=(
+                        f"sum by (instance) "
+                        f"(rate(call_monitor_process_cpu_seconds_total{{{MONITOR}}}"
+                        "[$__rate_interval]))"
+                    ),
+                    legend="{{instance}}",
+                )
+            ],
+            width=8,
+            min_value=0,
+        )
+    )
+    board.add(
+        timeseries_panel(
+            "Open files and restarts",
+            "File descriptors each monitor holds (a connection each: webhooks, rooms, "
+            "scrapes) against its limit, and its restarts in the range (its start time "
+            "changing).",
+            "short",
+            [
+                Query(
+                    expr=f"call_monitor_process_open_fds{{{MONITOR}}}",
+                    legend="{{instance}} open",
+                ),
+                Query(
+                    expr=f"call_monitor_process_max_fds{{{MONITOR}}}",
+                    legend="{{instance}} limit",
+                    ref_id="B",
+                ),
+                Query(
+                    expr=(
+                        f"changes(call_monitor_process_start_time_seconds{{{MONITOR}}}[$__range])"
+                    ),
+                    legend="{{instance}} restarts",
+                    ref_id="C",
+                ),
+            ],
+            width=8,
+            min_value=0,
+            red_series=".*restarts",
+        )
+    )
     return board

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from livekit import api
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.client.dial import create_sip_participant
+from monitor.sinks.metrics import sample_totals
 from stack import Stack, StackConfig
 from stack.build import build
 from stack.ledger import CallEnded, Ledger
@@ -194,13 +194,8 @@ def ledger_outcomes(ledger: Ledger, rooms: Sequence[str], within: float = 60.0) 
 
 def monitor_counts(port: int) -> Counter[str]:
     _, text = http_get(f"http://127.0.0.1:{port}/metrics")
-    counts: Counter[str] = Counter()
-    for family in text_string_to_metric_families(text):
-        if family.name == "call_monitor_calls_ended":
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    counts[sample.labels["outcome"]] += int(sample.value)
-    return counts
+    counted = sample_totals(text, "call_monitor_calls_ended_total", by="outcome")
+    return Counter({outcome: int(value) for outcome, value in counted.items()})
 
 
 def print_summary(truth: list[CallEnded], counted: Counter[str], journal: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import platform
 import threading
 from collections import Counter as Tally
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from typing import Final, TypedDict
@@ -28,9 +29,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from monitor.core.model import (
@@ -416,6 +419,10 @@ class MonitorMetrics:
                 "livekit_sdk": _package_version("livekit"),
             }
         )
+        # The process's own memory, CPU and files (Linux): what operators watch first.
+        # The registry is the monitor's own, so prometheus_client's default collector
+        # is not in it.
+        ProcessCollector(namespace=NAMESPACE, registry=registry)
 
     # ---- the effect sink ------------------------------------------------------------
 
@@ -523,3 +530,15 @@ class MonitorMetrics:
     def exposition(self) -> tuple[bytes, str]:
         """The registry in the Prometheus text format, and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def sample_totals(exposition: str, sample: str, by: str = "") -> defaultdict[str, float]:
+    """A sample's values in a text exposition, summed per value of label `by` (all under
+    "" when `by` is empty; 0 for a value never seen): how the demo, the tests and the
+    bench read /metrics."""
+    totals: defaultdict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(exposition):
+        for found in family.samples:
+            if found.name == sample:
+                totals[found.labels.get(by, "") if by else ""] += found.value
+    return totals

@@ -58,7 +58,7 @@ import pytest_asyncio
 import structlog
 from livekit import api
 from livekit.protocol import models
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor.core.journal_format import decode_line
 from monitor.core.model import (
@@ -74,6 +74,7 @@ from monitor.core.model import (
 )
 from monitor.runtime.service import Monitor
 from monitor.sinks.logs import CallLog
+from monitor.sinks.metrics import sample_totals
 from stack import Stack
 from stack.config import LOOPBACK, free_port
 from stack.ledger import CallEnded, Ledger
@@ -217,7 +218,7 @@ async def watched(
 
 def metric_total(registry: CollectorRegistry, sample: str) -> float:
     """The sum of a sample over all its label sets."""
-    return sum(s.value for family in registry.collect() for s in family.samples if s.name == sample)
+    return sample_totals(generate_latest(registry).decode(), sample)[""]
 
 
 def end_source(recorder: EffectRecorder, key: str) -> Source | None:

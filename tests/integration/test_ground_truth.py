@@ -26,7 +26,6 @@ import pytest
 import pytest_asyncio
 import structlog
 from livekit import api
-from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from monitor.client.dial import create_sip_participant
@@ -34,6 +33,7 @@ from monitor.core.model import CallRecord, Direction, Outcome, Source
 from monitor.core.privacy import NumberMasker
 from monitor.runtime.service import Monitor
 from monitor.sinks.logs import CallLog
+from monitor.sinks.metrics import sample_totals
 from stack import Stack
 from stack.config import free_port
 from stack.ledger import CallEnded, Ledger
@@ -230,12 +230,9 @@ class Dialer:
 
 def ended_counts(monitor: Monitor) -> Counter[str]:
     """calls_ended_total by outcome, as /metrics shows it."""
-    counts: Counter[str] = Counter()
-    for family in text_string_to_metric_families(monitor.metrics.exposition()[0].decode()):
-        for sample in family.samples:
-            if sample.name == "call_monitor_calls_ended_total":
-                counts[sample.labels["outcome"]] += int(sample.value)
-    return counts
+    exposition = monitor.metrics.exposition()[0].decode()
+    counted = sample_totals(exposition, "call_monitor_calls_ended_total", by="outcome")
+    return Counter({outcome: int(value) for outcome, value in counted.items()})
 
 
 def check_against_ledger(

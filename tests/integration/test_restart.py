@@ -26,10 +26,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.core.journal_format import Counted, Header
 from monitor.sinks.journal import read_journal
+from monitor.sinks.metrics import sample_totals
 from stack import Stack
 from stack.ledger import CallEnded, Ledger
 from tests.integration.conftest import PlaceCall, await_call_ended, sim_number, unique_room
@@ -45,12 +45,7 @@ EXACT = 0.3
 
 
 def metric_total(exposition: str, name: str) -> float:
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(exposition)
-        for sample in family.samples
-        if sample.name == name
-    )
+    return sample_totals(exposition, name)[""]
 
 
 def ended_in(room: str) -> Callable[[dict[str, Any]], bool]:

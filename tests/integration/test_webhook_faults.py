@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 import aiohttp
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.core.model import Outcome
+from monitor.sinks.metrics import sample_totals
 from stack import Stack
 from stack.config import free_port
 from stack.ledger import Ledger
@@ -129,12 +129,8 @@ async def test_every_webhook_twice_counts_each_call_once(
         started = {room: recorder.started(room) for room in rooms}
         # Other tests' rooms may still end while this monitor runs (it lists every
         # room): theirs are taken off the metric's total, by what the log sink saw.
-        total = sum(
-            sample.value
-            for family in text_string_to_metric_families(monitor.metrics.exposition()[0].decode())
-            for sample in family.samples
-            if sample.name == "call_monitor_calls_ended_total"
-        )
+        exposition = monitor.metrics.exposition()[0].decode()
+        total = sample_totals(exposition, "call_monitor_calls_ended_total")[""]
         others = len([r for r in recorder.ended() if r.room not in rooms])
     # Every webhook really reached the monitor twice, and was accepted both times.
     ours = relay.of_rooms(rooms)

@@ -17,7 +17,7 @@ from monitor.core.model import (
     Reason,
     Source,
 )
-from monitor.sinks.metrics import MonitorMetrics
+from monitor.sinks.metrics import MonitorMetrics, sample_totals
 from tests.tools import promtool
 from tests.unit.script import CallScript
 
@@ -443,3 +443,28 @@ def test_a_moment_seen_only_in_a_snapshot_stays_out_of_its_histogram() -> None:
     assert pdd is None
     assert value(registry, "call_monitor_time_to_answer_seconds_count", **out) == 1
     assert value(registry, "call_monitor_talk_duration_seconds_count", **out) == 1
+
+
+def test_the_process_own_memory_cpu_and_files_are_exposed() -> None:
+    """The registry is the monitor's own: without its ProcessCollector the process's
+    memory, which operators watch first, would be missing."""
+    registry = CollectorRegistry()
+    MonitorMetrics(registry)
+    assert (value(registry, "call_monitor_process_resident_memory_bytes") or 0) > 10 * 2**20
+    assert (value(registry, "call_monitor_process_cpu_seconds_total") or 0) > 0
+    assert (value(registry, "call_monitor_process_open_fds") or 0) > 0
+
+
+def test_sample_totals_sums_a_sample_by_a_label_of_the_text_exposition() -> None:
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry)
+    for script in (answered_outbound(), answered_outbound(call_id="SCL_2", sid="PA_2")):
+        book = CallBook()
+        for event in script.events:
+            for effect in book.step(event):
+                metrics.handle(effect)
+    text = metrics.exposition()[0].decode()
+    by_outcome = sample_totals(text, "call_monitor_calls_ended_total", by="outcome")
+    assert by_outcome["completed"] == 2
+    assert by_outcome["busy"] == 0
+    assert sample_totals(text, "call_monitor_calls_started_total")[""] == 2

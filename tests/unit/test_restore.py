@@ -9,11 +9,13 @@ say so when a call it restored ends unseen.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from monitor.core.journal_format import CarriedCall, Counted
+from monitor.core.machine import CallBook, MachineSettings, Tombstone
 from monitor.core.model import (
     Anomaly,
     AnomalyKind,
@@ -21,6 +23,7 @@ from monitor.core.model import (
     CallRecord,
     CallStarted,
     CallState,
+    DialFailed,
     Effect,
     Event,
     MonitorRestarted,
@@ -231,3 +234,83 @@ def test_a_call_seen_again_after_the_restart_is_not_said_to_have_ended_while_awa
     _, effects = run([*events, *seen_again.events], settle=0.0)
     kinds = [e.kind for e in effects if isinstance(e, Anomaly)]
     assert kinds == [AnomalyKind.END_WITHOUT_EVIDENCE]
+
+
+def test_the_book_takes_back_only_calls_it_does_not_know() -> None:
+    """What a journal file carries is adopted unless the book already has the call (its
+    events were read), or it is final, or its participant is another call's."""
+    settle = CallBook(MachineSettings(settle_seconds=2.0))
+    for event in script(1).seen(0.0, "ringing").left(1.0, Reason.USER_REJECTED).events:
+        settle.step(event)
+    [ending] = settle.open_calls()
+    assert ending.pending is not None
+    book = CallBook(MachineSettings(settle_seconds=2.0))
+    for event in script(2).seen(0.0, "dialing").events:
+        book.step(event)
+    [known] = book.open_calls()
+    assert not book.adopt(known)  # the same call, known from its events
+    assert not book.adopt(replace(ending, record=replace(ending.record, state=CallState.ENDED)))
+    same_participant = replace(ending.record, key="SCL_other", participant_sid="PA_2")
+    assert not book.adopt(replace(ending, record=same_participant))
+    assert book.adopt(ending)
+    assert not book.adopt(ending)  # once
+    # Its pending end is the book's now: the settle window closes on the book's clock.
+    [ended] = [e for e in book.step(Tick(T0 + 3.5)) if isinstance(e, CallEnded)]
+    assert (ended.call.key, ended.call.outcome) == ("SCL_1", Outcome.REJECTED)
+    assert not book.adopt(ending)  # final now
+
+
+def test_the_book_takes_back_recent_ends_under_both_names() -> None:
+    ended = CallBook(MachineSettings(tombstone_seconds=600.0))
+    for n in (1, 2):
+        for event in script(n).seen(0.0, "ringing").left(1.0, Reason.USER_REJECTED).events:
+            ended.step(event)
+    stones = ended.tombstones(ended_since=T0)
+    assert [key for key, _ in stones] == ["SCL_1", "SCL_2"]  # each once, not by sid too
+    assert ended.tombstones(ended_since=T0 + 2.0) == []
+    book = CallBook(MachineSettings(tombstone_seconds=600.0))
+    for key, stone in stones:
+        assert book.adopt_tombstone(key, stone)
+        assert not book.adopt_tombstone(key, stone)
+    assert book.is_ended("SCL_1")
+    assert book.is_ended("sid:PA_1")
+    # A late event of an adopted end starts nothing.
+    late = script(1).seen(0.0, "ringing").left(5.0, Reason.USER_REJECTED, Source.WEBHOOK)
+    assert not [e for e in book.step(late.events[-1]) if isinstance(e, CallStarted)]
+    # A call keyed by its sid (no sip.callID) is remembered under that one name; an end
+    # already expired on the book's clock is not taken.
+    keyless = Tombstone(T0 + 601.0, None, "call-9", "callee", participant_sid="PA_9")
+    assert book.adopt_tombstone("sid:PA_9", keyless)
+    assert book.is_ended("sid:PA_9")
+    book.step(Tick(T0 + 700.0))
+    assert not book.adopt_tombstone("SCL_old", replace(keyless, expires_at=T0 + 650.0))
+    # The newest end in a slot names the slot's call, for a late dial detail.
+    older = replace(keyless, room="call-1", identity="callee", expires_at=T0 + 900.0)
+    assert book.adopt_tombstone("SCL_older", older)
+    newer = replace(older, expires_at=T0 + 1000.0)
+    assert book.adopt_tombstone("SCL_newer", newer)
+    # An end older than the slot's, and one of a call whose sid was never known.
+    assert book.adopt_tombstone("SCL_oldest", replace(older, expires_at=T0 + 800.0))
+    assert book.adopt_tombstone("SCL_nosid", replace(older, participant_sid=""))
+    # A dial detail just after the newest end is that call's, late.
+    late_dial = DialFailed(T0 + 405.0, "call-1", "callee", 486, "Busy Here")
+    effects = book.step(late_dial)
+    assert [(e.kind, e.call_key) for e in effects if isinstance(e, Anomaly)] == [
+        (AnomalyKind.LATE_DIAL_DETAIL, "SCL_newer")
+    ]
+
+
+def test_a_call_carried_into_a_journal_with_no_event_before_its_restart() -> None:
+    """A file with only carried calls and a restart: the monitor was away since a time
+    no line says, and the anomaly says so rather than printing a bogus date."""
+    source = CallBook()
+    for event in script(1).seen(0.0, "ringing").events:
+        source.step(event)
+    [carried] = source.open_calls()
+    book = CallBook()
+    assert book.adopt(carried)
+    book.step(MonitorRestarted(T0 + 30.0))
+    effects = book.step(script(1).vanished(40.0).events[0])
+    [away] = [e for e in effects if isinstance(e, Anomaly)]
+    assert away.kind is AnomalyKind.ENDED_WHILE_AWAY
+    assert "(? to " in away.detail
