@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server prometheus prometheus-alertmanager jq lnav
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help demo replay-demo test test-unit lint fmt build samples dashboards bench clean system-packages
+.PHONY: help demo replay-demo test test-unit lint fmt build samples dashboards docs bench clean system-packages
 
 help:
 	@echo "make demo       the main job: a local stack, the monitor, real calls, live output"
@@ -27,6 +27,7 @@ help:
 	@echo "make build      install redis-server, build livekit-server and the SIP simulator"
 	@echo "make samples    regenerate samples/ from tests/fixtures/traces"
 	@echo "make dashboards regenerate dashboards/*.json from dashboards/*.py"
+	@echo "make docs       redraw the state diagram of docs/outcomes.md from the machine's tables"
 	@echo "make bench      benchmarks on a local stack (BENCH_ARGS=--quick: a few minutes)"
 	@echo "make clean      remove old stack run folders and caches"
 
@@ -85,6 +86,9 @@ samples: .venv/.synced
 
 dashboards: .venv/.synced
 	$(RUN) python -m dashboards.generate
+
+docs: .venv/.synced
+	$(RUN) python docs/generate.py
 
 # Benchmarks, not tests: bench/README.md says what each number means; results are
 # written to bench/results/ and bench/RESULTS.md.

@@ -97,13 +97,18 @@ async def _child(
 ) -> None:
     """One variant in this process; prints one JSON line of its CPU times."""
     from monitor.runtime.config import load_settings
-    from monitor.runtime.service import observer_token
+    from monitor.runtime.rooms import observer_token
 
     settings = load_settings(
         {}, {"LIVEKIT_URL": url, "LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret}
     )
     names = [f"joincost-{variant}-{os.getpid()}-{n}" for n in range(rooms)]
-    tokens = {name: observer_token(settings, name, "observer") for name in [*names, "warm"]}
+    tokens = {
+        name: observer_token(
+            settings.livekit_api_key, settings.livekit_api_secret, name, "observer"
+        )
+        for name in [*names, "warm"]
+    }
     observers = _Rooms(variant, url, tokens)
     await observers.start()
     # Load the client (and the SDK's native runtime) before measuring.

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stack.ledger import LineTail
+
 __all__ = ["CallTruth", "LedgerTail"]
 
 
@@ -61,8 +63,7 @@ class LedgerTail:
         self.calls: dict[str, CallTruth] = {}
         self.lines = 0
         self.bad_lines = 0
-        self._offset = 0
-        self._partial = b""
+        self._tail = LineTail(path)
 
     def call(self, call_id: str) -> CallTruth:
         found = self.calls.get(call_id)
@@ -72,24 +73,13 @@ class LedgerTail:
 
     def refresh(self) -> int:
         """Read what was appended; return the number of new lines."""
-        try:
-            size = self.path.stat().st_size
-            if size <= self._offset:
-                return 0
-            with self.path.open("rb") as handle:
-                handle.seek(self._offset)
-                chunk = handle.read()
-        except FileNotFoundError:
-            return 0
-        self._offset += len(chunk)
-        *complete, self._partial = (self._partial + chunk).split(b"\n")
-        count = 0
+        complete, restarted = self._tail.read()
+        if restarted:  # a new ledger: the calls read are not in it
+            self.calls.clear()
         for line in complete:
-            if line.strip():
-                count += 1
-                self._apply(line)
-        self.lines += count
-        return count
+            self._apply(line)
+        self.lines += len(complete)
+        return len(complete)
 
     def _apply(self, line: bytes) -> None:
         try:

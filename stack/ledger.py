@@ -25,6 +25,7 @@ __all__ = [
     "LedgerError",
     "LedgerEvent",
     "LedgerTimeout",
+    "LineTail",
     "parse_line",
     "parse_time",
 ]
@@ -161,6 +162,35 @@ def parse_line(line: str | bytes) -> LedgerEvent:
     return LedgerEvent(ts=ts, call_id=call_id, event=event, fields=doc)
 
 
+class LineTail:
+    """The complete lines appended to a file since the last read (it may not exist yet);
+    a line still being written waits for the next read. A file found shorter than what
+    was read (truncated or replaced) is read again from its start, and `read` says so."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._offset = 0
+        self._partial = b""
+
+    def read(self) -> tuple[list[bytes], bool]:
+        """(the new complete lines, whether the file started over)."""
+        restarted = False
+        try:
+            size = self.path.stat().st_size
+            if size == self._offset:
+                return [], False
+            if size < self._offset:
+                self._offset, self._partial, restarted = 0, b"", True
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return [], False
+        self._offset += len(chunk)
+        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        return [line for line in complete if line.strip()], restarted
+
+
 class Ledger:
     """An incremental reader of one ledger file (it may not exist yet).
 
@@ -171,11 +201,10 @@ class Ledger:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._tail = LineTail(self.path)
         self._reset()
 
     def _reset(self) -> None:
-        self._offset = 0
-        self._partial = b""
         self._events: list[LedgerEvent] = []
         self._ended: list[CallEnded] = []
         self._ended_by_call: dict[str, CallEnded] = {}
@@ -183,21 +212,10 @@ class Ledger:
 
     def refresh(self) -> list[LedgerEvent]:
         """Read the lines appended since the last read; return the new events."""
-        try:
-            size = self.path.stat().st_size
-            if size == self._offset:
-                return []
-            if size < self._offset:  # truncated or replaced: start over
-                self._reset()
-            with self.path.open("rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        *complete, self._partial = data.split(b"\n")
-        new = [parse_line(line) for line in complete if line.strip()]
+        lines, restarted = self._tail.read()
+        if restarted:  # truncated or replaced: what was read is gone
+            self._reset()
+        new = [parse_line(line) for line in lines]
         self._events.extend(new)
         for event in new:
             if event.event == "call_ended":

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
+from typing import Any
 
 from monitor.core.model import (
     ATTR_CALL_STATUS,
@@ -68,6 +69,7 @@ __all__ = [
     "OpenCall",
     "PendingEnd",
     "Tombstone",
+    "state_diagram",
 ]
 
 # Status-driven moves: the state a call may go to from each state. Anything else a
@@ -103,6 +105,35 @@ END_TRANSITIONS: Mapping[CallState, frozenset[CallState]] = MappingProxyType(
         CallState.ENDING: frozenset({CallState.ENDED}),
     }
 )
+
+
+def state_diagram() -> str:
+    """The machine's states and moves as a Mermaid state diagram, drawn from the tables
+    (docs/outcomes.md shows it; a test keeps the two the same)."""
+    lines = ["stateDiagram-v2"]
+    joins = {
+        (Direction.OUTBOUND, SipStatus.DIALING): "outbound call dials",
+        (Direction.INBOUND, SipStatus.RINGING): "inbound call rings",
+        (Direction.INBOUND, SipStatus.ACTIVE): "inbound call, a PIN asked",
+    }
+    for direction, statuses in _INITIAL_STATUS.items():
+        for status in sorted(statuses, key=list(SipStatus).index):
+            lines.append(f"    [*] --> {status.value}: {joins[(direction, status)]}")
+    order = list(CallState)
+    for state in order:
+        for target in sorted(TRANSITIONS[state], key=order.index):
+            lines.append(f"    {state.value} --> {target.value}: status {target.value}")
+    for state in order:
+        for target in sorted(END_TRANSITIONS.get(state, frozenset()), key=order.index):
+            how = {
+                (True, CallState.ENDING): "left, room ended or gone",
+                (True, CallState.ENDED): "the same, with no settle window",
+                (False, CallState.ENDED): "settle window over: one outcome",
+            }[(state is not CallState.ENDING, target)]
+            lines.append(f"    {state.value} --> {target.value}: {how}")
+    lines.append(f"    {CallState.ENDED.value} --> [*]")
+    return "\n".join(lines) + "\n"
+
 
 _STATE_OF_STATUS: Mapping[SipStatus, CallState] = MappingProxyType(
     {status: CallState(status.value) for status in SipStatus}
@@ -209,6 +240,7 @@ class CallBook:
         # late dial details
         self._ended_slots: dict[tuple[str, str], tuple[str, float]] = {}
         self._clock = float("-inf")
+        self._clock_before = self._clock  # before the event being stepped moved it
 
     # ---- reading ----------------------------------------------------------------
 
@@ -287,36 +319,43 @@ class CallBook:
     # ---- the one way in ---------------------------------------------------------
 
     def step(self, event: Event) -> list[Effect]:
-        """Apply one event; return what happened, in order."""
-        since = self._clock
+        """Apply one event; return what happened, in order.
+
+        Time first (ends whose settle window is over become final), then the event's
+        own handler, found by its kind in `_HANDLERS`.
+        """
+        self._clock_before = self._clock
         effects = self._advance_clock(event.at)
-        if isinstance(event, Tick):
-            return effects
-        if isinstance(event, MonitorRestarted):
-            # Ends already settled are final above; what is open now may have ended
-            # while the monitor was down.
-            away = Away(since, event.at)
-            for open_key, call in self._calls.items():
-                self._calls[open_key] = replace(call, away=away)
-            return effects
-        if isinstance(event, ParticipantSeen | AttributesChanged | ParticipantLeft):
-            effects += self._on_participant(event)
-        elif isinstance(event, ParticipantVanished):
-            key = self._key_of_sid.get(event.participant_sid)
-            if key is not None and key in self._calls:
-                effects += self._begin_end(key, event.at, event.source, None, _NO_EVIDENCE)
-        elif isinstance(event, RoomEnded):
-            # A room closes (ROOM_CLOSED) only once every participant has left: a call
-            # still live in it left unheard, so the close says nothing of how it ended.
-            unheard = event.reason is None or event.reason is Reason.ROOM_CLOSED
-            strength = _NO_EVIDENCE if unheard else _ROOM_REASON
-            for key in sorted(self._keys_of_room.get(event.room, ())):
-                known_sid = self._calls[key].record.room_sid
-                if event.room_sid and known_sid and known_sid != event.room_sid:
-                    continue  # an earlier room of that name (a late room_finished)
-                effects += self._begin_end(key, event.at, event.source, event.reason, strength)
-        else:
-            effects += self._on_dial_failed(event)
+        return effects + _HANDLERS[type(event)](self, event)
+
+    def _on_time(self, event: Tick) -> list[Effect]:
+        return []  # time alone moved the calls, in `_advance_clock`
+
+    def _on_restart(self, event: MonitorRestarted) -> list[Effect]:
+        # Ends already settled are final; what is open now may have ended while the
+        # monitor was down, from its last event until now.
+        away = Away(self._clock_before, event.at)
+        for open_key, call in self._calls.items():
+            self._calls[open_key] = replace(call, away=away)
+        return []
+
+    def _on_vanished(self, event: ParticipantVanished) -> list[Effect]:
+        key = self._key_of_sid.get(event.participant_sid)
+        if key is None or key not in self._calls:
+            return []
+        return self._begin_end(key, event.at, event.source, None, _NO_EVIDENCE)
+
+    def _on_room_ended(self, event: RoomEnded) -> list[Effect]:
+        # A room closes (ROOM_CLOSED) only once every participant has left: a call still
+        # live in it left unheard, so the close says nothing of how it ended.
+        unheard = event.reason is None or event.reason is Reason.ROOM_CLOSED
+        strength = _NO_EVIDENCE if unheard else _ROOM_REASON
+        effects: list[Effect] = []
+        for key in sorted(self._keys_of_room.get(event.room, ())):
+            known_sid = self._calls[key].record.room_sid
+            if event.room_sid and known_sid and known_sid != event.room_sid:
+                continue  # an earlier room of that name (a late room_finished)
+            effects += self._begin_end(key, event.at, event.source, event.reason, strength)
         return effects
 
     # ---- participants -------------------------------------------------------------
@@ -806,6 +845,21 @@ class CallBook:
                     )
                 )
         return effects
+
+
+# Each kind of event's handler: the machine's dispatch is this table.
+_HANDLERS: Mapping[type, Callable[[CallBook, Any], list[Effect]]] = MappingProxyType(
+    {
+        ParticipantSeen: CallBook._on_participant,
+        AttributesChanged: CallBook._on_participant,
+        ParticipantLeft: CallBook._on_participant,
+        ParticipantVanished: CallBook._on_vanished,
+        RoomEnded: CallBook._on_room_ended,
+        DialFailed: CallBook._on_dial_failed,
+        Tick: CallBook._on_time,
+        MonitorRestarted: CallBook._on_restart,
+    }
+)
 
 
 def _utc(at: float) -> str:

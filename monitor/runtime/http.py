@@ -43,9 +43,8 @@ from monitor.runtime.http_limits import (
     handler_settings,
     listening_socket,
 )
-from monitor.runtime.replay import record_summary
 from monitor.sinks.journal_sync import JournalSync
-from monitor.sinks.logs import LogRateLimiter
+from monitor.sinks.logs import LogRateLimiter, call_summary
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.sources.webhooks import (
     WebhookIntake,
@@ -324,11 +323,7 @@ async def calls(request: web.Request) -> web.Response:
     if isinstance(claims, web.Response):
         return claims
     masker = NumberMasker(monitor.settings.mask_numbers, monitor.settings.mask_keep_digits)
-    listed = []
-    for record in monitor.live_calls():
-        summary = record_summary(record, masker)
-        summary["state"] = str(record.state)
-        listed.append(summary)
+    listed = [call_summary(record, masker) for record in monitor.live_calls()]
     return web.json_response({"calls": listed})
 
 

@@ -30,8 +30,9 @@ from monitor.core.model import (
 )
 from monitor.core.privacy import NumberMasker
 from monitor.sinks.journal import BadLine, read_journal
+from monitor.sinks.logs import call_summary
 
-__all__ = ["ReplayResult", "print_replay", "record_summary", "replay", "replay_events"]
+__all__ = ["JournalFeed", "ReplayResult", "print_replay", "replay", "replay_events"]
 
 
 @dataclass
@@ -119,36 +120,6 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}s"
 
 
-def record_summary(record: CallRecord, masker: NumberMasker) -> dict[str, object]:
-    """The call's final record as plain data (numbers masked as `masker` says)."""
-    timings = record.timings
-    return {
-        "call_id": record.call_id,
-        "key": record.key,
-        "room": masker.text(record.room),  # dispatch rules often put the number there
-        "participant_sid": record.participant_sid,
-        "identity": masker.text(record.identity),
-        "direction": str(record.direction),
-        "trunk_id": record.trunk_id,
-        "phone_number": masker.number(record.phone_number),
-        "outcome": None if record.outcome is None else str(record.outcome),
-        "ambiguity": record.ambiguity,
-        "reason": None if record.reason is None else str(record.reason),
-        "ended_by": None if record.ended_by is None else str(record.ended_by),
-        "sip_status_code": record.sip_status_code,
-        "statuses": [str(status) for status in record.statuses],
-        "post_dial_delay_seconds": timings.post_dial_delay
-        if record.direction == "outbound"
-        else None,
-        "time_to_answer_seconds": timings.time_to_answer,
-        "talk_seconds": timings.talk_duration,
-        "total_seconds": timings.total_duration,
-        "timings_approximate": record.timings_approximate,
-        "started_at": timings.started_at,
-        "ended_at": timings.ended_at,
-    }
-
-
 def _describe(effect: Effect, masker: NumberMasker) -> str:
     if isinstance(effect, CallStarted):
         call = effect.call
@@ -188,7 +159,7 @@ def print_replay(
     """Each call's transitions and outcome, then a summary of outcomes."""
     if as_json:
         for record in result.ended:
-            print(json.dumps(record_summary(record, masker)), file=out)
+            print(json.dumps(call_summary(record, masker)), file=out)
         return
     for effect in result.effects:
         print(_describe(effect, masker), file=out)

@@ -44,7 +44,7 @@ _SETUP_STATES = frozenset({CallState.DIALING, CallState.RINGING, CallState.AUTOM
 _LIVE_STATES = _SETUP_STATES | {CallState.ACTIVE, CallState.HANGUP}
 
 
-def observer_token(settings: Settings, room: str, identity: str) -> str:
+def observer_token(api_key: str, api_secret: str, room: str, identity: str) -> str:
     """The observer's token: the least grants that work.
 
     Kind agent, so the room still closes on its own timeout with the observer inside;
@@ -62,7 +62,7 @@ def observer_token(settings: Settings, room: str, identity: str) -> str:
         can_update_own_metadata=False,
     )
     return (
-        api.AccessToken(settings.livekit_api_key, settings.livekit_api_secret)
+        api.AccessToken(api_key, api_secret)
         .with_identity(identity)
         .with_kind("agent")
         .with_grants(grants)
@@ -308,7 +308,12 @@ class RoomWatch:
                 link = await self.observers.join(
                     room,
                     ws_url(self.settings.livekit_url),
-                    observer_token(self.settings, room, identity),
+                    observer_token(
+                        self.settings.livekit_api_key,
+                        self.settings.livekit_api_secret,
+                        room,
+                        identity,
+                    ),
                     self.settings.join_timeout_seconds,
                     hooks,
                 )

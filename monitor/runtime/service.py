@@ -26,7 +26,7 @@ from monitor.core.model import CallRecord, Effect, Event
 from monitor.runtime.config import Settings, redacted_url
 from monitor.runtime.pipeline import EffectSink, Pipeline
 from monitor.runtime.reconcile import Reconciler
-from monitor.runtime.rooms import RoomSlot, RoomWatch, describe, observer_token
+from monitor.runtime.rooms import RoomSlot, RoomWatch, describe
 from monitor.sinks.journal_sync import JournalSync
 from monitor.sinks.logs import LogRateLimiter
 from monitor.sinks.metrics import MonitorMetrics
@@ -36,7 +36,7 @@ from monitor.sources.rtc_observers import ObserverPool
 from monitor.sources.signal_observer import SignalObservers
 from monitor.sources.webhooks import WebhookIntake
 
-__all__ = ["EffectSink", "Monitor", "observer_token", "run_until_signalled"]
+__all__ = ["EffectSink", "Monitor", "run_until_signalled"]
 
 log = structlog.get_logger("call_monitor")
 

@@ -47,6 +47,8 @@ __all__ = [
     "LogRateLimiter",
     "MaskNumbers",
     "add_timestamp",
+    "call_identity",
+    "call_summary",
     "configure_logging",
     "iso_time",
     "lead_with_time_level_event",
@@ -316,7 +318,7 @@ class CallLog:
             call = effect.call
             self._log.info(
                 "call_started",
-                **self._who(call),
+                **call_identity(call, self._masker),
                 state=str(call.state),
                 status=None if call.last_status is None else str(call.last_status),
                 started_at=iso_time(call.timings.started_at),
@@ -337,7 +339,7 @@ class CallLog:
                 source=str(effect.source),
             )
         elif isinstance(effect, CallEnded):
-            self._log.info("call_ended", **self._summary(effect.call))
+            self._log.info("call_ended", **call_summary(effect.call, self._masker))
         elif isinstance(effect, Anomaly):
             self._anomaly(effect)
 
@@ -361,48 +363,55 @@ class CallLog:
             return
         self._log.warning("anomaly", detail=self._masker.text(effect.detail), **fields)
 
-    def _who(self, call: CallRecord) -> dict[str, Any]:
-        return {
-            "call_id": call.call_id,
-            "call_key": call.key,
-            "room": self._masker.text(call.room),
-            "room_sid": call.room_sid,
-            "participant_sid": call.participant_sid,
-            "identity": self._masker.text(call.identity),
-            "direction": str(call.direction),
-            "trunk_id": call.trunk_id,
-            "phone_number": self._masker.number(call.phone_number),
-            "trunk_phone_number": self._masker.number(call.trunk_phone_number),
-        }
 
-    def _summary(self, call: CallRecord) -> dict[str, Any]:
-        """The canonical log line: everything known about the call, once, at its end."""
-        timings = call.timings
-        outbound = call.direction is Direction.OUTBOUND
-        return {
-            **self._who(call),
-            "state": str(call.state),
-            "outcome": None if call.outcome is None else str(call.outcome),
-            "ambiguous": bool(call.ambiguity),
-            "ambiguity": call.ambiguity,
-            "reason": None if call.reason is None else str(call.reason),
-            "ended_by": None if call.ended_by is None else str(call.ended_by),
-            "sip_status_code": call.sip_status_code,
-            "sip_status": self._masker.text(call.sip_status),
-            "answered": timings.answered_at is not None,
-            "statuses": [str(status) for status in call.statuses],
-            "post_dial_delay_seconds": _seconds(timings.post_dial_delay) if outbound else None,
-            # Seen only after the fact (the observer came after the 18x): left out of
-            # the post-dial delay histogram.
-            "post_dial_delay_approximate": timings.ringing_approximate if outbound else None,
-            "time_to_answer_seconds": _seconds(timings.time_to_answer),
-            "talk_seconds": _seconds(timings.talk_duration),
-            "total_seconds": _seconds(timings.total_duration),
-            "timings_approximate": call.timings_approximate,
-            "started_at": iso_time(timings.started_at),
-            "ended_at": None if timings.ended_at is None else iso_time(timings.ended_at),
-            "sources": sorted(str(source) for source in call.sources),
-        }
+# ---- a call as plain data ---------------------------------------------------------------
+
+
+def call_identity(call: CallRecord, masker: NumberMasker) -> dict[str, Any]:
+    """Who a call is, as plain data, numbers masked as `masker` says."""
+    return {
+        "call_id": call.call_id,
+        "call_key": call.key,
+        "room": masker.text(call.room),
+        "room_sid": call.room_sid,
+        "participant_sid": call.participant_sid,
+        "identity": masker.text(call.identity),
+        "direction": str(call.direction),
+        "trunk_id": call.trunk_id,
+        "phone_number": masker.number(call.phone_number),
+        "trunk_phone_number": masker.number(call.trunk_phone_number),
+    }
+
+
+def call_summary(call: CallRecord, masker: NumberMasker) -> dict[str, Any]:
+    """Everything known about a call as plain data, numbers masked as `masker` says: the
+    call log's `call_ended` line, a `/calls` entry, a line of `replay --json`."""
+    timings = call.timings
+    outbound = call.direction is Direction.OUTBOUND
+    return {
+        **call_identity(call, masker),
+        "state": str(call.state),
+        "outcome": None if call.outcome is None else str(call.outcome),
+        "ambiguous": bool(call.ambiguity),
+        "ambiguity": call.ambiguity,
+        "reason": None if call.reason is None else str(call.reason),
+        "ended_by": None if call.ended_by is None else str(call.ended_by),
+        "sip_status_code": call.sip_status_code,
+        "sip_status": masker.text(call.sip_status),
+        "answered": timings.answered_at is not None,
+        "statuses": [str(status) for status in call.statuses],
+        "post_dial_delay_seconds": _seconds(timings.post_dial_delay) if outbound else None,
+        # Seen only after the fact (the observer came after the 18x): left out of
+        # the post-dial delay histogram.
+        "post_dial_delay_approximate": timings.ringing_approximate if outbound else None,
+        "time_to_answer_seconds": _seconds(timings.time_to_answer),
+        "talk_seconds": _seconds(timings.talk_duration),
+        "total_seconds": _seconds(timings.total_duration),
+        "timings_approximate": call.timings_approximate,
+        "started_at": iso_time(timings.started_at),
+        "ended_at": None if timings.ended_at is None else iso_time(timings.ended_at),
+        "sources": sorted(str(source) for source in call.sources),
+    }
 
 
 # ---- rate limits for repeated warnings ---------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from stack import Stack
 from stack.config import free_port
-from tests.integration.conftest import PlaceCall, sim_number, unique_room
+from tests.integration.calls import PlaceCall, sim_number, unique_room
 from tests.integration.monitoring import running_monitor, wait_until
 
 pytestmark = pytest.mark.integration

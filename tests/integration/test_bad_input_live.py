@@ -19,7 +19,7 @@ from monitor.core.model import AnomalyKind
 from monitor.core.privacy import NumberMasker
 from monitor.sinks.logs import ANOMALY_LOG_LIMIT, CallLog
 from stack import Stack
-from tests.integration.conftest import unique_room
+from tests.integration.calls import unique_room
 from tests.integration.monitoring import running_monitor, wait_until
 
 pytestmark = pytest.mark.integration

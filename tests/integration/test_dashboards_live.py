@@ -25,7 +25,7 @@ import yaml
 from dashboards.generate import panel_queries
 from stack import Stack
 from stack.config import free_port
-from tests.integration.conftest import PlaceCall, sim_number, unique_room
+from tests.integration.calls import PlaceCall, sim_number, unique_room
 from tests.integration.monitoring import running_monitor
 from tests.tools import system_tool
 

@@ -78,7 +78,7 @@ from monitor.sinks.metrics import sample_totals
 from stack import Stack
 from stack.config import LOOPBACK, free_port
 from stack.ledger import CallEnded, Ledger
-from tests.integration.conftest import (
+from tests.integration.calls import (
     PlacedCall,
     SipSetup,
     await_call_ended,
@@ -96,7 +96,7 @@ from tests.integration.monitoring import (
     two_more_listings,
     wait_until,
 )
-from tests.integration.test_monitor import assert_matches_ledger
+from tests.integration.truth import assert_matches_ledger
 
 pytestmark = pytest.mark.integration
 

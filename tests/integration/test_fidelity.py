@@ -28,19 +28,16 @@ import pytest
 from livekit import api
 
 from stack import Stack
-from tests.integration.conftest import (
+from tests.integration.calls import (
     OUTBOUND_TRUNK_ADDRESS,
     TRUNK_NUMBER,
-    JoinAnswerer,
-    JoinObserver,
     PlaceCall,
-    RoomObserver,
     SimInbound,
     SipSetup,
-    WebhookRecorder,
     sim_number,
     unique_room,
 )
+from tests.integration.oracle import JoinAnswerer, JoinObserver, RoomObserver, WebhookRecorder
 
 TRACES = Path(__file__).resolve().parent.parent / "fixtures" / "traces"
 SIP_KIND = "PARTICIPANT_KIND_SIP"

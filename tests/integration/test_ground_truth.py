@@ -38,7 +38,7 @@ from stack import Stack
 from stack.config import free_port
 from stack.ledger import CallEnded, Ledger
 from stack.participants import Answerer
-from tests.integration.conftest import (
+from tests.integration.calls import (
     SipSetup,
     create_sip_setup,
     sim_number,

@@ -14,12 +14,12 @@ import logging
 import pytest
 
 from monitor.runtime.config import load_settings
-from monitor.runtime.service import observer_token
+from monitor.runtime.rooms import observer_token
 from monitor.sources.room_link import JoinFailed, LinkHooks
 from monitor.sources.rtc_observers import ObserverPool
 from stack import Stack
 from stack.config import free_port
-from tests.integration.conftest import unique_room
+from tests.integration.calls import unique_room
 from tests.integration.monitoring import wait_until
 
 
@@ -43,7 +43,11 @@ async def test_native_records_go_to_stderr_and_reach_the_log_as_the_sdk_s(
         # A join still works with the capture off.
         room = unique_room("quiet")
         link = await pool.join(
-            room, stack.ws_url, observer_token(settings, room, "observer"), 20, LinkHooks()
+            room,
+            stack.ws_url,
+            observer_token(settings.livekit_api_key, settings.livekit_api_secret, room, "observer"),
+            20,
+            LinkHooks(),
         )
         assert link.room_sid.startswith("RM_")
         await link.close()
@@ -54,7 +58,9 @@ async def test_native_records_go_to_stderr_and_reach_the_log_as_the_sdk_s(
                 await pool.join(
                     room,
                     f"ws://127.0.0.1:{free_port()}",
-                    observer_token(settings, room, "observer"),
+                    observer_token(
+                        settings.livekit_api_key, settings.livekit_api_secret, room, "observer"
+                    ),
                     20,
                     LinkHooks(),
                 )

@@ -32,7 +32,7 @@ from monitor.sinks.journal import read_journal
 from monitor.sinks.metrics import sample_totals
 from stack import Stack
 from stack.ledger import CallEnded, Ledger
-from tests.integration.conftest import PlaceCall, await_call_ended, sim_number, unique_room
+from tests.integration.calls import PlaceCall, await_call_ended, sim_number, unique_room
 from tests.integration.monitoring import wait_until
 
 # A carrier's post-dial delay: the observer, which joins on the participant_joined

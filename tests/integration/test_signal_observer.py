@@ -29,19 +29,13 @@ from monitor.core.model import (
     RoomEnded,
 )
 from monitor.runtime.config import Settings, load_settings
-from monitor.runtime.service import observer_token
+from monitor.runtime.rooms import observer_token
 from monitor.sources.room_link import JoinFailed, LinkHooks
 from monitor.sources.rtc_adapter import RoomObserver as RtcObserver
 from monitor.sources.signal_observer import SignalLink, SignalObservers
 from stack import Stack
-from tests.integration.conftest import (
-    JoinAnswerer,
-    PlaceCall,
-    SimInbound,
-    SipSetup,
-    sim_number,
-    unique_room,
-)
+from tests.integration.calls import PlaceCall, SimInbound, SipSetup, sim_number, unique_room
+from tests.integration.oracle import JoinAnswerer
 
 pytestmark = pytest.mark.integration
 
@@ -112,10 +106,17 @@ async def watch_both(stack: Stack, settings: Settings) -> AsyncIterator[WatchRoo
         signal_seen, rtc_seen = Recorded(), Recorded()
         backend = SignalObservers(signal_seen.emit)
         backends.append(backend)
-        token = observer_token(settings, room, f"signal-{room}")
+        token = observer_token(
+            settings.livekit_api_key, settings.livekit_api_secret, room, f"signal-{room}"
+        )
         link = await backend.join(room, stack.ws_url, token, 10.0, LinkHooks())
         rtc_observer = RtcObserver(
-            room, stack.ws_url, observer_token(settings, room, f"rtc-{room}"), rtc_seen.emit
+            room,
+            stack.ws_url,
+            observer_token(
+                settings.livekit_api_key, settings.livekit_api_secret, room, f"rtc-{room}"
+            ),
+            rtc_seen.emit,
         )
         rtc_observers.append(rtc_observer)
         await rtc_observer.connect(20.0)
@@ -241,7 +242,9 @@ async def hold_call(
             lost=lambda room, closed_sid, why: lost.append((closed_sid, why)),
             renewed=lambda room, ok: renewals.append(ok),
         )
-        token = observer_token(settings, room, "holder")
+        token = observer_token(
+            settings.livekit_api_key, settings.livekit_api_secret, room, "holder"
+        )
         link = await backend.join(room, stack.ws_url, token, 10, hooks)
         await place_call(sim_number("01"), room=room, identity="held", ring=0.2, wait_for_end=False)
         await seen.wait(lambda: "active" in seen.statuses("held"), 20, "the call answered")

@@ -24,15 +24,8 @@ from livekit import api
 from stack import Stack, StackConfig, StackStartError
 from stack._paths import REPO_ROOT
 from stack.ledger import CallEnded, Ledger, LedgerError, parse_line
-from tests.integration.conftest import (
-    JoinAnswerer,
-    JoinObserver,
-    PlaceCall,
-    SimInbound,
-    SipSetup,
-    sim_number,
-    unique_room,
-)
+from tests.integration.calls import PlaceCall, SimInbound, SipSetup, sim_number, unique_room
+from tests.integration.oracle import JoinAnswerer, JoinObserver
 
 
 def _processes() -> Iterator[tuple[int, int, int, str]]:

@@ -23,9 +23,9 @@ from monitor.sinks.metrics import sample_totals
 from stack import Stack
 from stack.config import free_port
 from stack.ledger import Ledger
-from tests.integration.conftest import PlaceCall, sim_number, unique_room
+from tests.integration.calls import PlaceCall, sim_number, unique_room
 from tests.integration.monitoring import running_monitor
-from tests.integration.test_monitor import assert_matches_ledger
+from tests.integration.truth import assert_matches_ledger
 
 pytestmark = pytest.mark.integration
 

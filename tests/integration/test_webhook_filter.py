@@ -21,7 +21,7 @@ from monitor.runtime.service import Monitor
 from monitor.sources.webhooks import WEBHOOK_EVENTS_USED
 from stack import Stack, StackConfig
 from stack.config import free_port
-from tests.integration.conftest import (
+from tests.integration.calls import (
     SipSetup,
     create_sip_setup,
     make_place_call,
@@ -29,7 +29,7 @@ from tests.integration.conftest import (
     unique_room,
 )
 from tests.integration.monitoring import running_monitor
-from tests.integration.test_monitor import MODES, RING, TALK, assert_matches_ledger
+from tests.integration.truth import MODES, RING, TALK, assert_matches_ledger
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from monitor.runtime.http import build_app
 from monitor.runtime.service import Monitor
-from tests.unit.test_http import Client, make_monitor
+from tests.unit.http_support import Client, make_monitor
 
 
 @pytest_asyncio.fixture

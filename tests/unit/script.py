@@ -132,3 +132,51 @@ def only_end(effects: list[Effect]) -> CallRecord:
     records = ended(effects)
     assert len(records) == 1, records
     return records[0]
+
+
+def mixed_calls(count: int, open_calls: int = 2) -> tuple[list[Event], set[str]]:
+    """`count` ended calls of six kinds on three trunks, then `open_calls` still ringing.
+
+    Every call has its own number, call id, room, participant and identity; these are
+    returned too, since none of them may appear in any label.
+    """
+    events: list[Event] = []
+    private: set[str] = set()
+    trunks = ("ST_alpha", "ST_beta", "ST_gamma")
+    for index in range(count + open_calls):
+        number = f"+1555{index:07d}"
+        script = CallScript(
+            inbound=index % 6 in (4, 5),
+            call_id=f"SCL_{index:06d}",
+            sid=f"PA_{index:06d}",
+            room=f"call-{number}-{index}",
+            identity=f"sip_{number}",
+            number=number,
+            trunk=trunks[index % 3],
+        )
+        private |= {number, script.call_id, script.sid, script.room, script.identity}
+        start = index * 10.0
+        if index >= count:
+            events += script.seen(start, "dialing").to(start + 0.2, "ringing").events
+            continue
+        kind = index % 6
+        if kind == 0:  # answered, completed
+            script.seen(start, "dialing").to(start + 0.3, "ringing")
+            script.to(start + 4.0, "active").to(start + 64.0, "hangup")
+            script.left(start + 64.01, Reason.CLIENT_INITIATED)
+        elif kind == 1:  # busy, as the room shows it
+            script.seen(start, "dialing").to(start + 0.5, "ringing")
+            script.left(start + 2.0, Reason.USER_REJECTED)
+        elif kind == 2:  # no answer
+            script.seen(start, "dialing").to(start + 1.5, "ringing")
+            script.left(start + 8.0, Reason.USER_UNAVAILABLE)
+        elif kind == 3:  # trunk failure, with the dial side's SIP code
+            script.seen(start, "dialing").dial_failed(start + 0.4, 503)
+            script.left(start + 0.41, Reason.SIP_TRUNK_FAILURE)
+        elif kind == 4:  # inbound answered, with a status regression on the way
+            script.seen(start, "ringing").to(start + 3.0, "active").to(start + 3.5, "ringing")
+            script.to(start + 7.0, "hangup").left(start + 7.01, Reason.CLIENT_INITIATED)
+        else:  # inbound abandoned
+            script.seen(start, "ringing").left(start + 6.0, Reason.CLIENT_INITIATED)
+        events += script.events
+    return events, private

@@ -54,7 +54,7 @@ from monitor.runtime.http import build_app
 from monitor.runtime.service import Monitor
 from monitor.sinks.journal import BadLine, read_journal
 from monitor.sources.webhooks import events_of_webhook
-from tests.unit.test_http import KEY, SECRET, queued, signed
+from tests.unit.http_support import KEY, SECRET, queued, signed
 
 T0 = 1_800_000_000.0
 # Strings as protobuf carries them: any Unicode but lone surrogates (not valid UTF-8).

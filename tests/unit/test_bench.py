@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from bench.ledger import LedgerTail
 from bench.report import (
     evaluate_targets,
     fmt,
@@ -265,3 +266,19 @@ def test_the_restore_benchmark_brings_back_every_open_call(tmp_path: Path) -> No
     assert (run["calls_open"], run["journal_events"]) == (40, 300 * 4 + 40 * 3)
     assert 0 < run["newest_file_bytes"] <= run["journal_bytes"]
     assert run["restore_seconds"] > 0
+
+
+def test_the_bench_ledger_tail_starts_over_on_a_new_ledger(tmp_path: Path) -> None:
+    """The bench's tail reads the simulator's ledger as the stack's reader does (the same
+    `LineTail`): a half-written line waits, and a ledger replaced by a shorter one (a new
+    stack) is read from its start, its calls only."""
+    path = tmp_path / "ledger.jsonl"
+    tail = LedgerTail(path)
+    first = json.dumps({"ts": 1.0, "call_id": "SCL_old", "event": "call_started", "room": "r"})
+    path.write_text(first + "\n" + first[:10])
+    assert tail.refresh() == 1
+    assert list(tail.calls) == ["SCL_old"]
+    path.write_text(json.dumps({"ts": 2.0, "call_id": "SCL_new", "event": "joined"}) + "\n")
+    assert tail.refresh() == 1
+    assert list(tail.calls) == ["SCL_new"]
+    assert tail.calls["SCL_new"].joined == 2.0

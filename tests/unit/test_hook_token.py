@@ -32,7 +32,7 @@ from monitor.client.hook_token import (
     mint_hook_token,
 )
 from monitor.runtime.service import Monitor
-from tests.unit.test_http import KEY, SECRET, bearer, post_dial, sample
+from tests.unit.http_support import KEY, SECRET, bearer, post_dial, sample
 
 Client = TestClient[web.Request, web.Application]
 BODY = json.dumps({"room": "call-b", "participant_identity": "callee", "sip_status_code": 486})

@@ -23,7 +23,7 @@ from monitor.core.model import DialFailed, Event
 from monitor.runtime.config import load_settings
 from monitor.runtime.http import serve
 from monitor.runtime.service import Monitor
-from tests.unit.test_http import KEY, SECRET, hook_headers
+from tests.unit.http_support import KEY, SECRET, hook_headers
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ from monitor.runtime.config import load_settings
 from monitor.runtime.http import serve
 from monitor.runtime.http_limits import MIN_AGE
 from monitor.runtime.service import Monitor
-from tests.unit.test_http import KEY, SECRET
+from tests.unit.http_support import KEY, SECRET
 
 ENV = {"LIVEKIT_URL": "ws://127.0.0.1:1", "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET}
 

@@ -8,7 +8,7 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from monitor.runtime.service import Monitor
-from tests.unit.test_http import participant_left_body, sample, signed
+from tests.unit.http_support import participant_left_body, sample, signed
 
 Client = TestClient[web.Request, web.Application]
 

@@ -35,6 +35,7 @@ from monitor.core.model import (
 from monitor.core.privacy import NumberMasker
 from monitor.runtime.replay import print_replay, replay, replay_events
 from monitor.sinks.journal import JournalWriter, read_journal
+from monitor.sinks.logs import call_summary
 from tests import trace_journal
 from tests.unit.script import T0, CallScript
 
@@ -425,6 +426,9 @@ def test_printed_replay_shows_transitions_outcome_and_masks_numbers(tmp_path: Pa
     assert record["phone_number"] == "+15551112222"
     assert record["outcome"] == "busy"
     assert record["post_dial_delay_seconds"] == pytest.approx(0.01, abs=1e-6)
+    # The same plain-data call as the call log's `call_ended` line.
+    [ended] = result.ended
+    assert record == json.loads(json.dumps(call_summary(ended, NumberMasker(enabled=False))))
 
 
 def test_open_calls_and_anomalies_are_printed() -> None:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.core.journal_format import Header, decode_line, encode_event, encode_header
-from monitor.core.machine import CallBook, MachineSettings
+from monitor.core.machine import END_TRANSITIONS, TRANSITIONS, CallBook, MachineSettings
 from monitor.core.model import (
     AttributesChanged,
     CallEnded,
@@ -181,3 +181,16 @@ def test_a_journal_replays_to_the_same_outcomes(sequence: list[Event], settle: f
         ]
 
     assert outcomes(replayed.effects) == outcomes(live)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events(), SETTLE)
+def test_every_state_change_is_a_move_of_the_transition_table(
+    sequence: list[Event], settle: float
+) -> None:
+    """The tables are the machine's rules, not its documentation: a status moves a call
+    along `TRANSITIONS`, an end along `END_TRANSITIONS`, and nothing else happens."""
+    for effect in run_all(sequence, settle):
+        if isinstance(effect, StateChanged):
+            moves = TRANSITIONS[effect.previous] | END_TRANSITIONS.get(effect.previous, frozenset())
+            assert effect.call.state in moves, (effect.previous, effect.call.state)

@@ -31,7 +31,7 @@ from monitor.core.machine import CallBook, MachineSettings
 from monitor.core.model import AnomalyKind, Direction, Outcome
 from monitor.sinks.metrics import MonitorMetrics
 from tests.tools import promtool
-from tests.unit.test_metrics import mixed_calls
+from tests.unit.script import mixed_calls
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "prometheus" / "rules"

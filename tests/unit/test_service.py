@@ -10,7 +10,8 @@ from livekit import api
 
 from monitor.core.model import Effect, Event, ParticipantSeen, Reason, Source
 from monitor.runtime.config import load_settings
-from monitor.runtime.service import Monitor, observer_token
+from monitor.runtime.rooms import observer_token
+from monitor.runtime.service import Monitor
 from monitor.sources.listings import RoomListings
 from tests.unit.script import CallScript
 
@@ -20,8 +21,7 @@ ENV = {"LIVEKIT_URL": "ws://127.0.0.1:1", "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_S
 
 
 def test_the_observer_token_carries_the_least_grants_that_work() -> None:
-    settings = load_settings({}, ENV)
-    claims = api.TokenVerifier(KEY, SECRET).verify(observer_token(settings, "call-1", "obs"))
+    claims = api.TokenVerifier(KEY, SECRET).verify(observer_token(KEY, SECRET, "call-1", "obs"))
     grants = claims.video
     assert grants is not None
     assert claims.identity == "obs"
