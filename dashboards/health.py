@@ -140,7 +140,8 @@ def health_board() -> Board:
     board.add(
         table_panel(
             "Build info",
-            "Version of each running monitor, with its Python and LiveKit SDK versions.",
+            "Version of each running monitor, with its Python and LiveKit SDK versions, and "
+            "its shard of the rooms.",
             "none",
             [
                 Query(
@@ -155,6 +156,8 @@ def health_board() -> Board:
                 "version": "Version",
                 "python": "Python",
                 "livekit_sdk": "LiveKit SDK",
+                "shard": "Shard",
+                "shards": "of shards",
             },
             hidden=["Value", "__name__", "job"],
             width=8,

@@ -15,6 +15,11 @@ minutes. Keep the monitor on a private network or behind TLS all the same.
     from monitor.client.dial import create_sip_participant
     await create_sip_participant(lkapi, request, monitor_url="http://monitor:9469",
                                  api_key=KEY, api_secret=SECRET)
+
+With the monitor in shards (CALL_MONITOR_SHARDS), each report goes to the replica that
+owns the call's room: give `shards` and a `monitor_url` with `{shard}` in it, such as
+"http://call-monitor-{shard}.call-monitor:9469" (a StatefulSet's pods behind a
+headless Service).
 """
 
 from __future__ import annotations
@@ -27,12 +32,21 @@ from livekit import api
 from livekit.protocol.sip import CreateSIPParticipantRequest, SIPParticipantInfo
 
 from monitor.client.hook_token import DIAL, mint_hook_token
+from monitor.core.shards import shard_of
 
-__all__ = ["create_sip_participant", "report_dial_failure"]
+__all__ = ["create_sip_participant", "owner_url", "report_dial_failure"]
 
 _log = logging.getLogger("call_monitor.dial")
 # Twirp's code when the callee never answered before the ringing timeout: no SIP code.
 _TIMEOUT_CODES = frozenset({"canceled", "deadline_exceeded"})
+
+
+def owner_url(monitor_url: str, room: str, shards: int = 1) -> str:
+    """The URL of the monitor replica that owns `room`: `monitor_url` with `{shard}`
+    filled in. ValueError when there are shards and the URL cannot name one."""
+    if shards > 1 and "{shard}" not in monitor_url:
+        raise ValueError(f"with {shards} shards, monitor_url must hold {{shard}}")
+    return monitor_url.replace("{shard}", str(shard_of(room, shards))).rstrip("/")
 
 
 async def report_dial_failure(
@@ -46,8 +60,15 @@ async def report_dial_failure(
     sip_status: str = "",
     report_timeout: float = 2.0,
     session: aiohttp.ClientSession | None = None,
+    shards: int = 1,
 ) -> bool:
-    """POST one dial failure to the monitor; True if it was accepted."""
+    """POST one dial failure to the monitor (the replica owning `room`); True if it was
+    accepted."""
+    try:
+        url = owner_url(monitor_url, room, shards) + "/dial"
+    except ValueError as error:  # never break the dial: the report is best effort
+        _log.warning("dial failure not reported: %s", error)
+        return False
     body = json.dumps(
         {
             "room": room,
@@ -62,7 +83,7 @@ async def report_dial_failure(
     client = session or aiohttp.ClientSession()
     try:
         async with client.post(
-            monitor_url.rstrip("/") + "/dial",
+            url,
             data=body,
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=report_timeout),
@@ -91,6 +112,7 @@ async def create_sip_participant(
     api_secret: str,
     report_timeout: float = 2.0,
     request_timeout: float | None = None,
+    shards: int = 1,
 ) -> SIPParticipantInfo:
     """`lkapi.sip.create_sip_participant`, reporting a failed dial to the monitor.
 
@@ -119,5 +141,6 @@ async def create_sip_participant(
             sip_status_code=code,
             sip_status=phrase,
             report_timeout=report_timeout,
+            shards=shards,
         )
         raise

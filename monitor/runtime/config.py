@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from monitor.core.shards import Shard
+
 __all__ = [
     "MIN_SECRET_LENGTH",
     "SETTINGS",
@@ -118,6 +120,10 @@ def _bounded_float(low: float, high: float) -> Callable[[str], float]:
 
 
 _port = _bounded_int(0, 65535)
+
+
+def _optional_shard(value: str) -> int | None:
+    return None if not value.strip() else _bounded_int(0, 1023)(value)
 
 
 def _choice(*options: str) -> Callable[[str], str]:
@@ -379,6 +385,22 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "this monitor's name in logs (default: the host name)",
     ),
+    Setting(
+        "shards",
+        "CALL_MONITOR_SHARDS",
+        _bounded_int(1, 1024),
+        "1",
+        "replicas sharing the rooms: each owns the rooms whose name hashes (Prometheus's "
+        "hashmod) to its shard",
+    ),
+    Setting(
+        "shard",
+        "CALL_MONITOR_SHARD",
+        _optional_shard,
+        "",
+        "this replica's shard, 0 to CALL_MONITOR_SHARDS - 1 (default: the ordinal that "
+        "ends a StatefulSet pod's host name, as in call-monitor-2)",
+    ),
 )
 
 
@@ -415,6 +437,13 @@ class Settings:
     mask_numbers: bool
     mask_keep_digits: int
     instance: str
+    shards: int
+    shard: int
+
+    @property
+    def owned(self) -> Shard:
+        """The rooms this replica owns (all of them with one shard)."""
+        return Shard(self.shard, self.shards)
 
     @property
     def stays_whole_call(self) -> bool:
@@ -461,7 +490,31 @@ def load_settings(
             raise ConfigError(f"{origin} {error}{shown}") from None
     if not values["instance"]:
         values["instance"] = socket.gethostname()
+    values["shard"] = _resolve_shard(values["shard"], values["shards"], flags, environ)
     return Settings(**values)
+
+
+def _resolve_shard(
+    shard: int | None, shards: int, flags: Mapping[str, str | None], environ: Mapping[str, str]
+) -> int:
+    """This replica's shard: as given, else the StatefulSet ordinal of its host name."""
+    if shard is None:
+        if shards == 1:
+            return 0
+        host = environ.get("HOSTNAME") or socket.gethostname()
+        stem, _, ordinal = host.rpartition("-")
+        if not (stem and ordinal.isdigit()):
+            raise ConfigError(
+                f"CALL_MONITOR_SHARD is not set (or pass --shard), and the host name "
+                f"{host[:60]!r} ends in no StatefulSet ordinal"
+            )
+        shard = int(ordinal)
+        origin = f"the host name {host[:60]!r}"
+    else:
+        origin = "--shard" if flags.get("shard") is not None else "CALL_MONITOR_SHARD"
+    if shard >= shards:
+        raise ConfigError(f"{origin} gives shard {shard}, not one of 0 to {shards - 1}")
+    return shard
 
 
 def _missing(setting: Setting) -> str:

@@ -35,6 +35,7 @@ from aiohttp.typedefs import Handler
 from monitor.client.hook_token import CALLS, DIAL, HookClaims, HookTokenRefused, HookTokenVerifier
 from monitor.core.model import CallRecord, DialFailed, Event
 from monitor.core.privacy import NumberMasker
+from monitor.core.shards import shard_of
 from monitor.runtime.config import ConfigError, Settings
 from monitor.runtime.http_limits import (
     CappedSite,
@@ -244,7 +245,7 @@ async def webhook(request: web.Request) -> web.Response:
     if unkept is not None:
         monitor.metrics.webhook_request("error")
         return unkept
-    monitor.metrics.webhook_request(webhook_result(hook, events))
+    monitor.metrics.webhook_request(webhook_result(hook, events, monitor.webhooks.owns))
     # No body: livekit-server's notifier closes a response without reading it, and Go
     # reuses the connection only when there is nothing left to read. With a body,
     # every webhook came on a new connection.
@@ -311,6 +312,11 @@ async def dial(request: web.Request) -> web.Response:
         event = _dial_event(_parse_json(body), monitor.clock())
     except ValueError as error:
         return _refuse(request, "dial", 400, str(error))
+    shard = monitor.settings.owned
+    if not shard.owns(event.room):
+        # The dialer's wrapper sends each report to its room's owner; this one is not.
+        owner = shard_of(event.room, shard.count)
+        return _refuse(request, "dial", 421, f"room belongs to shard {owner} of {shard.count}")
     unkept = await _keep(request, "dial", [event])
     if unkept is not None:
         return unkept

@@ -36,6 +36,7 @@ __all__ = [
     "RoomFindings",
     "Verdict",
     "awaits_join_webhook",
+    "owned_rooms",
     "room_findings",
     "verdict",
     "worth_listing",
@@ -45,6 +46,12 @@ _Answer = TypeVar("_Answer")
 # How long a new participant's join webhook has before a listing may introduce the call.
 WEBHOOK_HEADSTART_SECONDS = 5.0
 _CONCURRENCY = 4
+
+
+def owned_rooms(rooms: Iterable[api.Room], owns: Callable[[str], bool]) -> dict[str, api.Room]:
+    """The listed rooms this replica owns, by name: ListRooms is every replica's, the
+    rest of a pass (ListParticipants, what is missing) only its own."""
+    return {room.name: room for room in rooms if owns(room.name)}
 
 
 def worth_listing(room: api.Room, known_rooms: set[str], webhooks: bool, first_pass: bool) -> bool:
@@ -168,6 +175,7 @@ class Reconciler:
         book: KnownCalls,
         *,
         webhooks: bool,
+        owns: Callable[[str], bool] = lambda room: True,
         timeout: float,
         clock: Callable[[], float],
         submit: Callable[[Event], object],
@@ -175,6 +183,7 @@ class Reconciler:
     ) -> None:
         self._lkapi, self._listings, self._book = lkapi, listings, book
         self._webhooks, self._timeout, self._clock = webhooks, timeout, clock
+        self._owns = owns
         self._submit, self._counted = submit, counted
         self._suspects: dict[str, float] = {}
         self._first_pass = True
@@ -185,7 +194,7 @@ class Reconciler:
         self._counted()
         listing = await self._api(self._lkapi.room.list_rooms(api.ListRoomsRequest()))
         now = self._clock()
-        listed = {room.name: room for room in listing.rooms}
+        listed = owned_rooms(listing.rooms, self._owns)
         known_rooms = self._book.rooms()
         gate = asyncio.Semaphore(_CONCURRENCY)
         missing: set[tuple[str, str]] = set()

@@ -63,8 +63,12 @@ class Monitor:
         self.clock = clock
         self.book = CallBook(MachineSettings(settle_seconds=settings.settle_seconds))
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = MonitorMetrics(self.registry, book_view=self.book.live_calls)
-        self.webhooks = WebhookIntake(settings.livekit_api_key, settings.livekit_api_secret)
+        self.metrics = MonitorMetrics(
+            self.registry, book_view=self.book.live_calls, shard=settings.owned
+        )
+        self.webhooks = WebhookIntake(
+            settings.livekit_api_key, settings.livekit_api_secret, owns=settings.owned.owns
+        )
         self.ready = False
         self.not_ready_reason = "not reconciled with livekit-server yet"
         self._warnings = LogRateLimiter()
@@ -130,6 +134,7 @@ class Monitor:
             listings,
             self.book,
             webhooks=self.settings.webhooks,
+            owns=self.settings.owned.owns,
             timeout=self.settings.api_timeout_seconds,
             clock=self.clock,
             submit=self.submit,

@@ -47,6 +47,7 @@ from monitor.core.model import (
     Reason,
     StateChanged,
 )
+from monitor.core.shards import Shard
 
 __all__ = [
     "ANSWER_BUCKETS",
@@ -117,12 +118,14 @@ EVENT_LAG_BUCKETS: Final = (
     5.0,
     10.0,
 )
+UNSHARDED: Final = Shard()
 # One reconcile pass lists every room and its participants: tens of ms to seconds.
 RECONCILE_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # The results of a webhook request; anything else counts as "error". "ignored": a
 # kind the monitor does not read; "not_a_call": a kind it reads, about a participant
-# that is no SIP call (an agent, a browser, the monitor's own observer).
+# that is no SIP call (an agent, a browser, the monitor's own observer); "other_shard":
+# about a room another replica owns.
 WEBHOOK_RESULTS: Final[tuple[str, ...]] = (
     "ok",
     "unauthorized",
@@ -131,6 +134,7 @@ WEBHOOK_RESULTS: Final[tuple[str, ...]] = (
     "timeout",
     "ignored",
     "not_a_call",
+    "other_shard",
     "error",
 )
 
@@ -235,6 +239,7 @@ class MonitorMetrics:
         registry: CollectorRegistry,
         book_view: Callable[[], Iterable[CallRecord]] | None = None,
         max_trunks: int = 200,
+        shard: Shard = UNSHARDED,
     ) -> None:
         self.registry = registry
         self._trunk = _BoundedLabel(max_trunks)
@@ -410,13 +415,18 @@ class MonitorMetrics:
             "ready", "1 when the monitor is connected and watching, else 0.", **common
         )
         self._build = Info(
-            "build", "The monitor's version, its Python and its LiveKit SDK.", **common
+            "build",
+            "The monitor's version, its Python and its LiveKit SDK, and its shard (of how "
+            "many replicas share the rooms).",
+            **common,
         )
         self._build.info(
             {
                 "version": _package_version("livekit-call-monitor"),
                 "python": platform.python_version(),
                 "livekit_sdk": _package_version("livekit"),
+                "shard": str(shard.index),
+                "shards": str(shard.count),
             }
         )
         # The process's own memory, CPU and files (Linux): what operators watch first.

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 # PyJWT is what livekit-api verifies tokens with; its errors are the bad signatures.
@@ -61,8 +62,11 @@ class WebhookIntake:
     WebhookReceiver does after the same verification, which it cannot be asked to skip).
     """
 
-    def __init__(self, api_key: str, api_secret: str) -> None:
+    def __init__(
+        self, api_key: str, api_secret: str, owns: Callable[[str], bool] = lambda room: True
+    ) -> None:
         self._verifier = api.TokenVerifier(api_key, api_secret)
+        self.owns = owns  # which rooms are this replica's (all, with one shard)
 
     def authenticate(self, authorization: str) -> bytes:
         """The sha256 of the body that the webhook's token signs; WebhookRejected if
@@ -95,11 +99,16 @@ class WebhookIntake:
             raise WebhookRejected("unauthorized", "body hash mismatch")
         try:
             data = json.loads(body.decode("utf-8"))
-            if isinstance(data, dict) and not _may_be_a_call(data):
+            if isinstance(data, dict):
                 # Most webhooks are of kinds not read (tracks, room_started) or about
-                # participants that are no call (this monitor's own observer); protobuf's
-                # JSON parser, pure Python, was a tenth of the main process on them.
-                return webhook.WebhookEvent(event=data["event"])
+                # participants that are no call (this monitor's own observer), and with
+                # shards most are about rooms another replica owns; protobuf's JSON
+                # parser, pure Python, was a tenth of the main process on them.
+                room = _room_name(data)
+                if room is not None and not self.owns(room):
+                    return webhook.WebhookEvent(room=models.Room(name=room))
+                if not _may_be_a_call(data):
+                    return webhook.WebhookEvent(event=data["event"])
             return ParseDict(data, webhook.WebhookEvent(), ignore_unknown_fields=True)
         except UnicodeDecodeError:
             raise WebhookRejected("bad_request", "body is not UTF-8") from None
@@ -136,8 +145,18 @@ def _may_be_a_call(data: dict[str, Any]) -> bool:
     return participant.get("kind") in ("SIP", _SIP)
 
 
-def webhook_result(event: webhook.WebhookEvent, events: list[Event]) -> str:
+def _room_name(data: dict[str, Any]) -> str | None:
+    room = data.get("room")
+    name = room.get("name") if isinstance(room, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def webhook_result(
+    event: webhook.WebhookEvent, events: list[Event], owns: Callable[[str], bool] = lambda r: True
+) -> str:
     """How a webhook counts in `webhook_requests_total`, once its events are known."""
+    if event.room.name and not owns(event.room.name):
+        return "other_shard"
     if events:
         return "ok"
     return "not_a_call" if event.event in WEBHOOK_EVENTS_USED else "ignored"

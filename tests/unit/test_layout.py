@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "monitor"
 # What each folder may import of the package: the layers below it.
 ALLOWED = {
     "core": {"core"},
-    "client": {"client"},
+    "client": {"core", "client"},
     "sources": {"core", "sources"},
     "sinks": {"core", "sinks"},
     "runtime": {"core", "sources", "sinks", "runtime", "client"},

@@ -17,6 +17,7 @@ from monitor.core.model import (
     Reason,
     Source,
 )
+from monitor.core.shards import Shard
 from monitor.sinks.metrics import MonitorMetrics, sample_totals
 from tests.tools import promtool
 from tests.unit.script import CallScript, mixed_calls
@@ -331,15 +332,16 @@ def test_free_form_labels_from_the_service_are_bounded() -> None:
     assert overflow == 500 - 64
 
 
-def test_build_info_names_the_monitor_python_and_livekit_versions() -> None:
+def test_build_info_names_the_monitor_python_and_livekit_versions_and_its_shard() -> None:
     registry = CollectorRegistry()
-    MonitorMetrics(registry)
+    MonitorMetrics(registry, shard=Shard(2, 3))
     (sample,) = next(s for s in registry.collect() if s.name == "call_monitor_build").samples
     assert sample.name == "call_monitor_build_info"
     assert sample.value == 1
-    assert set(sample.labels) == {"version", "python", "livekit_sdk"}
+    assert set(sample.labels) == {"version", "python", "livekit_sdk", "shard", "shards"}
     assert sample.labels["version"] != "unknown"
     assert sample.labels["livekit_sdk"] != "unknown"
+    assert (sample.labels["shard"], sample.labels["shards"]) == ("2", "3")
 
 
 def test_exposition_is_the_prometheus_text_format_with_its_content_type() -> None:
