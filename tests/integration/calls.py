@@ -56,12 +56,13 @@ def unique_room(prefix: str) -> str:
 
 
 @contextlib.contextmanager
-def stack_sending_webhooks_to(port: int) -> Iterator[Stack]:
-    """A stack (short room timeouts, for tests) whose webhooks go to 127.0.0.1:port.
+def stack_sending_webhooks_to(*ports: int) -> Iterator[Stack]:
+    """A stack (short room timeouts, for tests) whose webhooks go to 127.0.0.1 at each
+    of `ports` (livekit-server sends every webhook to every URL).
 
     Modules that restart its parts, or count every call on it, start one of their own."""
     config = StackConfig(
-        webhook_urls=[f"http://127.0.0.1:{port}/webhook"],
+        webhook_urls=[f"http://127.0.0.1:{port}/webhook" for port in ports],
         empty_timeout=5,
         departure_timeout=3,
     )
