@@ -104,15 +104,16 @@ def _run(settings: Settings) -> int:
     from monitor.sinks.logs import CallLog, configure_logging
 
     configure_logging(settings)
+    header = run_header(settings)
     try:
-        partial_lines = open_journal(settings)
+        partial_lines = open_journal(settings, header)
     except ConfigError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
     from monitor.runtime.service import Monitor, run_until_signalled
 
     masker = NumberMasker(settings.mask_numbers, settings.mask_keep_digits)
-    monitor = Monitor(settings, sinks=[CallLog(masker=masker)])
+    monitor = Monitor(settings, sinks=[CallLog(masker=masker)], journal_header=header)
     monitor.metrics.journal_partial_lines(partial_lines)
     try:
         asyncio.run(run_until_signalled(monitor))
@@ -122,7 +123,15 @@ def _run(settings: Settings) -> int:
     return 0
 
 
-def open_journal(settings: Settings) -> int:
+def run_header(settings: Settings) -> Header:
+    """This run's journal header, one for the whole run: the start-up check writes it,
+    and the monitor's own writer finds it and adds no second one."""
+    return Header(
+        MachineSettings(settle_seconds=settings.settle_seconds), settings.instance, time.time()
+    )
+
+
+def open_journal(settings: Settings, header: Header | None = None) -> int:
     """Open the journal as a run does (a cut last line set aside, this run's header
     written), so that a path that cannot be written stops the start, not the first event.
 
@@ -131,10 +140,7 @@ def open_journal(settings: Settings) -> int:
     path = settings.journal_path
     if path is None:
         return 0
-    # The header the monitor writes: its own open then finds it and adds no second one.
-    header = Header(
-        MachineSettings(settle_seconds=settings.settle_seconds), settings.instance, time.time()
-    )
+    header = header or run_header(settings)
     writer = JournalWriter(path, header, settings.journal_max_bytes, settings.journal_backups)
     try:
         return writer.open()

@@ -44,6 +44,8 @@ _TIMEOUT_CODES = frozenset({"canceled", "deadline_exceeded"})
 def owner_url(monitor_url: str, room: str, shards: int = 1) -> str:
     """The URL of the monitor replica that owns `room`: `monitor_url` with `{shard}`
     filled in. ValueError when there are shards and the URL cannot name one."""
+    if shards < 1:
+        raise ValueError(f"shards must be 1 or more, not {shards}")
     if shards > 1 and "{shard}" not in monitor_url:
         raise ValueError(f"with {shards} shards, monitor_url must hold {{shard}}")
     return monitor_url.replace("{shard}", str(shard_of(room, shards))).rstrip("/")

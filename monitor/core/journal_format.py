@@ -168,7 +168,13 @@ def encode_open_call(at: float, call: OpenCall) -> str:
     body["record"] = fields_of
     body["pending"] = None if call.pending is None else asdict(call.pending)
     body["dial_failed"] = call.dial_failed
-    body["away"] = None if call.away is None else asdict(call.away)
+    away = call.away
+    # Away since no event the book saw (-inf): null, as JSON has no infinity.
+    body["away"] = (
+        None
+        if away is None
+        else {"since": away.since if math.isfinite(away.since) else None, "until": away.until}
+    )
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -365,8 +371,12 @@ def _open_call(data: dict[str, Any]) -> OpenCall:
             _time(pending["deadline"]),
         ),
         _flag(data.get("dial_failed", False)),
-        None if away is None else Away(_number(away["since"]), _time(away["until"])),
+        None if away is None else Away(_since(away.get("since")), _time(away["until"])),
     )
+
+
+def _since(value: Any) -> float:
+    return float("-inf") if value is None else _number(value)
 
 
 def _object(value: Any, name: str) -> dict[str, Any]:

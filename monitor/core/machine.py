@@ -1,7 +1,7 @@
 """The call-state machine: one state per SIP call, driven by typed events.
 
 Contract: everything that decides a call's state and outcome lives here and in
-`monitor.outcome`. No I/O, no asyncio, no livekit import, no clock: time comes in on
+`monitor.core.outcome`. No I/O, no asyncio, no livekit import, no clock: time comes in on
 each event. `CallBook.step(event)` returns the effects for the runtime to perform, and
 never raises on odd input: what a well-behaved server would not send becomes an
 `Anomaly` effect and the state stays as it was.

@@ -11,6 +11,7 @@ started on an existing journal restores the machine from it first
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -60,7 +61,9 @@ class Pipeline:
         metrics: MonitorMetrics,
         sinks: Iterable[EffectSink],
         clock: Callable[[], float],
+        header: Header | None = None,
     ) -> None:
+        """`header`: this run's journal header, when the start-up check wrote it."""
         self.settings = settings
         self.book = book
         self.metrics = metrics
@@ -70,16 +73,17 @@ class Pipeline:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self._journal: JournalWriter | None = None
         self._journal_failing = False
-        self._counted_unseen: set[str] = set()  # see monitor.runtime.restore.Restored
-        header: Header | None = None
+        # What the last run counted and the restore did not give: see Restored.
+        self._counted_unseen: set[tuple[str, str]] = set()
         if settings.journal_path is not None:
-            header = Header(book.settings, settings.instance, clock())
+            header = header or Header(book.settings, settings.instance, clock())
             self._journal = JournalWriter(
                 settings.journal_path,
                 header,
                 settings.journal_max_bytes,
                 settings.journal_backups,
                 carried=self._carried_calls,
+                before_rotation=self._process_queued,
             )
             # A last line cut by a crash is set aside now, and counted.
             metrics.journal_partial_lines(self._journal.open())
@@ -89,6 +93,17 @@ class Pipeline:
         )
         if settings.journal_path is not None and header is not None:
             self._restore(settings.journal_path, header.started_at)
+
+    def _process_queued(self) -> None:
+        """Before the journal begins a new file: every event the old one holds reaches
+        the machine, so that the calls the new file carries are after all of them (a
+        restart reads the new file alone)."""
+        while not self.queue.empty():
+            event = self.queue.get_nowait()
+            try:
+                self.process(event)
+            except Exception:  # a bug must cost one event, logged, not every later one
+                log.exception("event_processing_failed", event_type=type(event).__name__)
 
     def watch(self, watcher: EventWatcher) -> None:
         """Show `watcher` every event before the machine, and every effect after."""
@@ -125,13 +140,16 @@ class Pipeline:
         """Hand effects to the sinks; a call's start or end is journaled as counted
         first, so that a restart gives the sinks only what they never had."""
         for effect in effects:
-            if isinstance(effect, CallStarted) and effect.call.key in self._counted_unseen:
-                self._counted_unseen.discard(effect.call.key)
-                continue  # counted by the last run; its journal lines are gone
+            sinks: list[EffectSink] = self.sinks
             if isinstance(effect, CallStarted | CallEnded):
-                what = "started" if isinstance(effect, CallStarted) else "ended"
-                self._write_journal(Counted(what, effect.call.key, effect.at))
-            for sink in self.sinks:
+                mark = ("started" if isinstance(effect, CallStarted) else "ended", effect.call.key)
+                if mark in self._counted_unseen:
+                    # Counted by the last run: only room watching hears of it now.
+                    self._counted_unseen.discard(mark)
+                    sinks = list(self.watchers)
+                else:
+                    self._write_journal(Counted(mark[0], mark[1], effect.at))
+            for sink in sinks:
                 try:
                     sink.handle(effect)
                 except Exception:  # a broken sink must not stop the others or the machine
@@ -187,7 +205,9 @@ class Pipeline:
     def _carried_calls(self) -> list[str]:
         """The calls the machine knows now, as the top of each new journal file carries
         them: the final ones it still remembers, then the open ones."""
-        at = self.book.now
+        # The machine's time (no event yet: the wall clock); never a non-finite number,
+        # which no JSON line can hold.
+        at = self.book.now if math.isfinite(self.book.now) else self.clock()
         recent = self.book.tombstones(ended_since=at - _CARRIED_ENDS_SECONDS)
         ended = [encode_ended_call(at, key, stone) for key, stone in recent]
         return ended + [encode_open_call(at, call) for call in self.book.open_calls()]
@@ -195,12 +215,12 @@ class Pipeline:
     def _restore(self, path: Path, started_at: float) -> None:
         """Bring back the calls the journal has open, and give the sinks what they are
         owed (monitor.runtime.restore), before any source is heard."""
-        restored = restore_from_file(self.book, path, started_at)
+        restored = restore_from_file(self.book, path, started_at, self.settings.owned.owns)
         self.give(restored.owed)
         self._counted_unseen = restored.counted_unseen
         open_calls = self.book.live_calls()
         self.metrics.calls_restored(len(open_calls))
-        if restored.events:
+        if restored.events or restored.bad_lines or open_calls:
             log.info(
                 "journal_restored",
                 files=restored.files,

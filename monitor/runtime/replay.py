@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,21 +78,28 @@ class JournalFeed:
     know it: the files that had its events are gone. `counted` lines give nothing here.
     """
 
-    def __init__(self, book: CallBook) -> None:
+    def __init__(self, book: CallBook, owns: Callable[[str], bool] = lambda room: True) -> None:
+        """`owns`: the rooms whose lines are fed (a shard's own; another shard's after
+        the rooms were shared anew are that shard's to count)."""
         self.book = book
+        self._owns = owns
         self.events = 0
         self.restarted_at: float | None = None  # the last restart fed
         self._run: tuple[str, float] | None = None
 
     def take(self, item: JournalLine) -> list[Effect]:
-        if isinstance(item, Counted):
+        room = _room_of(item)
+        if isinstance(item, Counted) or (room and not self._owns(room)):
             return []
-        if isinstance(item, CarriedCall):
-            self.book.adopt(item.call)
-            return []
-        if isinstance(item, CarriedEnd):
-            self.book.adopt_tombstone(item.key, item.stone)
-            return []
+        if isinstance(item, CarriedCall | CarriedEnd):
+            # The book's clock first moves to when the file began: a restart after it
+            # then says the monitor was away from a time the journal knows.
+            effects = self.book.step(Tick(item.at))
+            if isinstance(item, CarriedCall):
+                self.book.adopt(item.call)
+            else:
+                self.book.adopt_tombstone(item.key, item.stone)
+            return effects
         if isinstance(item, Header):
             run = (item.instance, item.started_at)
             restarted = self._run is not None and run != self._run
@@ -103,6 +110,16 @@ class JournalFeed:
             return self.book.step(MonitorRestarted(item.started_at))
         self.events += 1
         return self.book.step(item)
+
+
+def _room_of(item: JournalLine) -> str:
+    """The room a line is about ("" for a header, a tick, a restart)."""
+    if isinstance(item, CarriedCall):
+        return item.call.record.room
+    if isinstance(item, CarriedEnd):
+        return item.stone.room
+    room = getattr(item, "room", "")
+    return room if isinstance(room, str) else ""
 
 
 def replay(paths: Iterable[Path], settings: MachineSettings | None = None) -> ReplayResult:

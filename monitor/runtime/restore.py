@@ -18,7 +18,7 @@ Only the newest file is read (see `restore_from_file`): the work is bounded by
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +36,10 @@ class Restored:
     events: int = 0
     # Starts and ends the journal's events imply that no sink was given, in order.
     owed: list[CallStarted | CallEnded] = field(default_factory=list)
-    # Calls counted as started whose lines are all gone (rotated away while their first
-    # event waited in the queue): a later event of theirs must not start them again.
-    counted_unseen: set[str] = field(default_factory=set)
+    # Starts and ends the journal says were counted that the replay did not give
+    # (their events are gone, or the replay's clock has not reached the end the live
+    # one had): the next such effect must not reach the sinks again.
+    counted_unseen: set[tuple[str, str]] = field(default_factory=set)
     bad_lines: list[BadLine] = field(default_factory=list)
     files: int = 0
     seconds: float = 0.0
@@ -50,7 +51,12 @@ def journal_files(path: Path, backups: int) -> list[Path]:
     return [candidate for candidate in (*older, path) if candidate.is_file()]
 
 
-def restore(book: CallBook, items: Iterable[JournalLine], restarted_at: float) -> Restored:
+def restore(
+    book: CallBook,
+    items: Iterable[JournalLine],
+    restarted_at: float,
+    owns: Callable[[str], bool] = lambda room: True,
+) -> Restored:
     """Feed a journal's lines to `book` and say what the sinks are owed.
 
     A `counted` line may come before the effect it counts: the live machine ended a
@@ -60,7 +66,7 @@ def restore(book: CallBook, items: Iterable[JournalLine], restarted_at: float) -
     result = Restored()
     owed: dict[tuple[str, str], CallStarted | CallEnded] = {}
     marks: set[tuple[str, str]] = set()
-    feed = JournalFeed(book)
+    feed = JournalFeed(book, owns)
     for item in items:
         if isinstance(item, Counted):
             mark = (item.what, item.key)
@@ -82,14 +88,17 @@ def restore(book: CallBook, items: Iterable[JournalLine], restarted_at: float) -
                 owed[("ended", effect.call.key)] = effect
     result.owed = list(owed.values())
     result.counted_unseen = {
-        key
+        (what, key)
         for what, key in marks
-        if what == "started" and book.call(key) is None and not book.is_ended(key)
+        if (what == "started" and book.call(key) is None and not book.is_ended(key))
+        or (what == "ended" and book.call(key) is not None)
     }
     return result
 
 
-def restore_from_file(book: CallBook, path: Path, restarted_at: float) -> Restored:
+def restore_from_file(
+    book: CallBook, path: Path, restarted_at: float, owns: Callable[[str], bool] = lambda r: True
+) -> Restored:
     """`restore` from the journal file being written at `path`; never raises for what
     it holds (bad lines are skipped and listed).
 
@@ -100,7 +109,7 @@ def restore_from_file(book: CallBook, path: Path, restarted_at: float) -> Restor
     started = time.monotonic()
     files = [path] if path.is_file() else []
     bad: list[BadLine] = []
-    result = restore(book, read_journal(files, bad), restarted_at)
+    result = restore(book, read_journal(files, bad), restarted_at, owns)
     result.bad_lines = bad
     result.files = len(files)
     result.seconds = time.monotonic() - started

@@ -21,6 +21,7 @@ import structlog
 from livekit import api
 from prometheus_client import CollectorRegistry
 
+from monitor.core.journal_format import Header
 from monitor.core.machine import CallBook, MachineSettings
 from monitor.core.model import CallRecord, Effect, Event
 from monitor.runtime.config import Settings, redacted_url
@@ -58,6 +59,7 @@ class Monitor:
         sinks: Iterable[EffectSink] = (),
         clock: Callable[[], float] = time.time,
         observer_move_after: float = 30.0,
+        journal_header: Header | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -73,7 +75,9 @@ class Monitor:
         self.not_ready_reason = "not reconciled with livekit-server yet"
         self._warnings = LogRateLimiter()
         # The journal is read back (a restart) before any source can be heard.
-        self.pipeline = Pipeline(settings, self.book, self.metrics, sinks, clock)
+        self.pipeline = Pipeline(
+            settings, self.book, self.metrics, sinks, clock, header=journal_header
+        )
         self.observers: Observers
         if settings.observer == "rtc":
             self.observers = ObserverPool(

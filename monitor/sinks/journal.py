@@ -100,12 +100,17 @@ class JournalWriter:
         max_bytes: int,
         backups: int,
         carried: Callable[[], Iterable[str]] = tuple,
+        before_rotation: Callable[[], None] = lambda: None,
     ) -> None:
+        """`carried`: the `open_call` and `ended_call` lines of the calls the machine
+        knows now, written after the header of each file a rotation begins (the files
+        that had their events may go next). `before_rotation`: called first, so that
+        every event the file holds has reached the machine those lines describe."""
         self.path = path
-        # `open_call` lines for the calls open now, written after the header of each
-        # file a rotation begins: the files that had their events may go next.
         self._carried = carried
-        self._floor = 0  # the size of a new file's header and carried calls
+        self._before_rotation = before_rotation
+        self._floor = 0  # the size of the calls the file began with (not counted)
+        self._rotation_failing = False
         self._header = header
         self._header_line = (encode_header(header) + "\n").encode("utf-8")
         self._max_bytes = max_bytes
@@ -129,21 +134,24 @@ class JournalWriter:
         return self.partial_lines_set_aside - before
 
     def write(self, event: Event) -> None:
-        """Append one event; raises OSError for the caller to count."""
-        self._append(encode_event(event))
+        """Append one event (rotating first when the file is full); raises OSError for
+        the caller to count."""
+        self._append(encode_event(event), may_rotate=True)
 
     def write_counted(self, counted: Counted) -> None:
-        """Append a `counted` line; raises OSError for the caller to count."""
-        self._append(encode_counted(counted))
+        """Append a `counted` line (never rotating: it is written while an event is
+        processed); raises OSError for the caller to count."""
+        self._append(encode_counted(counted), may_rotate=False)
 
-    def _append(self, text: str) -> None:
+    def _append(self, text: str, may_rotate: bool) -> None:
         # Encoded first: the limit is on bytes, and non-ASCII text takes more than one.
         line = (text + "\n").encode("utf-8")
         if self._fd is None:
             self._open()
-        elif self._size + len(line) > self._max_bytes and self._size > self._floor:
-            # Not while the file holds only what a rotation begins it with: carried
-            # calls larger than the limit would rotate at every line.
+        elif may_rotate and self._size - self._floor + len(line) > self._max_bytes:
+            # The limit is on what a file holds beyond the calls it began with: those
+            # may be larger than the limit, and would rotate at every line.
+            self._before_rotation()
             self._rotate()
         before = self._size
         try:
@@ -237,21 +245,53 @@ class JournalWriter:
         )
 
     def _rotate(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)  # what an fsync policy promised of it stays on disk
+        """Begin a new file: its header and carried calls are written whole under a
+        name of their own and put in place in one rename, so that at any moment the
+        journal's path holds a whole file (what a restart reads). A rotation that
+        fails (a full disk) leaves the current file in use, and is tried again."""
+        fresh = self.path.with_name(f"{self.path.name}.rotating")
+        carried = b"".join((line + "\n").encode("utf-8") for line in self._carried())
+        try:
+            fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                _write_fully(fd, self._header_line + carried)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if self._fd is not None:
+                os.fsync(self._fd)  # what an fsync policy promised of it stays on disk
+            for index in range(self._backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{index}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+            if self._backups > 0:
+                newest = self.path.with_name(f"{self.path.name}.1")
+                newest.unlink(missing_ok=True)
+                try:
+                    os.link(self.path, newest)  # the journal's path keeps the old file
+                except OSError:  # a file system without hard links
+                    os.replace(self.path, newest)
+            os.replace(fresh, self.path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                fresh.unlink()
+            if not self._rotation_failing:  # once, not at every event until it works
+                log.warning("journal_rotation_failed", path=str(self.path), error=str(error))
+            self._rotation_failing = True
+            return
+        if self._rotation_failing:
+            log.info("journal_rotation_recovered", path=str(self.path))
+            self._rotation_failing = False
         self.close()
-        for index in range(self._backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{index}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-        if self._backups > 0:
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        else:
-            self.path.unlink(missing_ok=True)
-        self._open()
-        for line in self._carried():
-            self._write_all((line + "\n").encode("utf-8"))
-        self._floor = self._size
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._size = len(self._header_line) + len(carried)
+        self._floor = len(carried)
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _end_of_last_full_line(path: Path, size: int) -> int:

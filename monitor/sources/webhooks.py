@@ -142,7 +142,7 @@ def _may_be_a_call(data: dict[str, Any]) -> bool:
     participant = data.get("participant")
     if not isinstance(participant, dict):
         return participant is not None
-    return participant.get("kind") in ("SIP", _SIP)
+    return participant.get("kind") in ("SIP", _SIP, str(_SIP))
 
 
 def _room_name(data: dict[str, Any]) -> str | None:

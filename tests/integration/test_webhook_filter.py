@@ -1,7 +1,7 @@
 """livekit-server told to send the monitor only the webhook kinds it reads.
 
 README "Running it next to LiveKit" suggests `webhook.filter_params.include_events` with
-`monitor.sources.WEBHOOK_EVENTS_USED` where the monitor is the only consumer of the
+`monitor.sources.webhooks.WEBHOOK_EVENTS_USED` where the monitor is the only consumer of the
 webhooks: about 3 of the 8 webhooks of a call are of kinds it ignores (room_started,
 track_published, track_unpublished), each still verified and parsed. Here a stack of
 its own runs with that filter, next to the session's stack without it: calls are

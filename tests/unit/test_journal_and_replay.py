@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog
 
 from monitor.core.journal_format import (
     CarriedCall,
@@ -499,3 +500,44 @@ def test_recorded_traces_of_the_real_livekit_sip_replay_to_their_stated_outcome(
 
 def test_shipped_sample_journal_is_current() -> None:
     assert trace_journal.SAMPLE.read_text() == "\n".join(trace_journal.sample_lines()) + "\n"
+
+
+def test_calls_carried_beyond_the_limit_do_not_rotate_at_every_line(tmp_path: Path) -> None:
+    """The limit is on what a file holds beyond the calls it began with."""
+    path = tmp_path / "journal.jsonl"
+    carried = ['{"v":1,"type":"counted","what":"started","key":"SCL_x","at":1.0}'] * 200
+    writer = JournalWriter(
+        path, Header(MachineSettings(), "m1", T0), 4096, 3, carried=lambda: carried
+    )
+    events = busy_call().events * 8  # about 3 files' worth without the carried lines
+    for event in events:
+        writer.write(event)
+    writer.close()
+    rotated = [p for p in tmp_path.iterdir() if p.name != "journal.jsonl"]
+    assert 1 <= len(rotated) <= 3
+    assert path.stat().st_size > 4096  # it holds the carried lines and events after them
+
+
+def test_a_rotation_that_fails_keeps_writing_the_current_file(tmp_path: Path) -> None:
+    """A new file that cannot be made (here its name is taken by a folder) leaves the
+    journal as it was; the rotation is tried again at the next event, and succeeds once
+    it can. Nothing is lost meanwhile."""
+    path = tmp_path / "journal.jsonl"
+    blocker = tmp_path / "journal.jsonl.rotating"
+    blocker.mkdir()
+    writer = JournalWriter(path, Header(MachineSettings(), "m1", T0), 2000, 9)
+    events = busy_call().events * 6
+    with structlog.testing.capture_logs() as logs:
+        for event in events[:12]:
+            writer.write(event)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.jsonl", blocker.name]
+        blocker.rmdir()
+        for event in events[12:]:
+            writer.write(event)
+        writer.close()
+    said = [line["event"] for line in logs if line["event"].startswith("journal_rotation")]
+    assert said == ["journal_rotation_failed", "journal_rotation_recovered"]
+    files = [*sorted(tmp_path.glob("journal.jsonl.*"), key=lambda p: -int(p.suffix[1:])), path]
+    assert len(files) >= 2
+    kept = [item for item in read_journal(files) if not isinstance(item, Header)]
+    assert kept == events

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from monitor.core.journal_format import CarriedCall, Counted
+from monitor.core.journal_format import CarriedCall, Counted, Header
 from monitor.core.machine import CallBook, MachineSettings, Tombstone
 from monitor.core.model import (
     Anomaly,
@@ -314,3 +314,95 @@ def test_a_call_carried_into_a_journal_with_no_event_before_its_restart() -> Non
     [away] = [e for e in effects if isinstance(e, Anomaly)]
     assert away.kind is AnomalyKind.ENDED_WHILE_AWAY
     assert "(? to " in away.detail
+
+
+def test_a_rotation_while_events_wait_in_the_queue_carries_the_machine_after_them(
+    tmp_path: Path,
+) -> None:
+    """The journal writes an event when it is submitted, the machine sees it later. A
+    new file begun meanwhile must carry the calls as they are after every event the
+    old file holds, since a restart reads the new file alone."""
+    journal, clock = tmp_path / "journal.jsonl", Clock(0.0)
+    first_seen, second_seen = Seen(), Seen()
+    first = monitor_on(journal, clock, first_seen, journal_max_bytes="4096", journal_backups="1")
+    calls = [script(n) for n in range(1, 9)]
+    for n, call in enumerate(calls):
+        call.seen(n * 0.1, "dialing").to(n * 0.1 + 1.0, "ringing")
+    # Every join and ringing submitted and queued, none processed yet: the file fills
+    # up and begins anew while they wait.
+    for event in sorted((e for c in calls for e in c.events), key=lambda e: e.at):
+        assert first.submit(event)
+    for call in calls[:4]:  # these hang up, queued too
+        call.left(5.0, Reason.CLIENT_INITIATED, status="hangup")
+        assert first.submit(call.events[-1])
+    assert len(journal_files(journal, 1)) == 2, "the journal should have rotated"
+    # Killed before the queue drained. Started again on the newest file alone.
+    clock.at = T0 + 30.0
+    monitor_on(journal, clock, second_seen, journal_max_bytes="4096", journal_backups="1")
+    starts = first_seen.starts() + second_seen.starts()
+    ends = list(first_seen.ends()) + list(second_seen.ends())
+    assert sorted(starts) == sorted(c.call_id for c in calls)
+    assert sorted(ends) == sorted(c.call_id for c in calls[:4])
+
+
+def test_the_run_header_is_one_for_the_whole_run_and_rotation_is_no_restart(
+    tmp_path: Path,
+) -> None:
+    """`call-monitor run` writes its header at start (to fail fast on a bad path) and
+    gives it to the monitor: rotated files carry the same run, not a restart."""
+    from monitor.cli import open_journal, run_header
+
+    journal, clock = tmp_path / "journal.jsonl", Clock(0.0)
+    settings = load_settings(
+        {"journal_path": str(journal), "journal_max_bytes": "4096", "settle_seconds": "0"}, ENV
+    )
+    header = run_header(settings)
+    open_journal(settings, header)
+    monitor = Monitor(settings, registry=CollectorRegistry(), clock=clock, journal_header=header)
+    lasting = script(1).seen(0.0, "ringing")
+    take(monitor, lasting.events)
+    for n in range(100, 130):
+        take(monitor, script(n).seen(n, "dialing").left(n + 1, Reason.USER_REJECTED).events)
+    take(monitor, script(1).vanished(200.0).events)
+    runs = {
+        item.started_at
+        for item in read_journal(journal_files(journal, 5))
+        if isinstance(item, Header)
+    }
+    assert runs == {header.started_at}
+    kinds = [e.kind for e in replay(journal_files(journal, 5)).effects if isinstance(e, Anomaly)]
+    assert AnomalyKind.ENDED_WHILE_AWAY not in kinds
+    assert AnomalyKind.END_WITHOUT_EVIDENCE in kinds
+
+
+def test_calls_carried_since_no_event_survive_two_restarts(tmp_path: Path) -> None:
+    """A file holding only carried calls, then a restart, then a rotation: the calls
+    away since a time no line says are written so that the next restart reads them."""
+    journal, clock = tmp_path / "journal.jsonl", Clock(0.0)
+    first = monitor_on(journal, clock, Seen(), journal_max_bytes="4096", journal_backups="1")
+    take(first, script(1).seen(0.0, "ringing").events)
+    for n in range(100, 130):  # rotate: the newest file begins with call 1 carried
+        take(first, script(n).seen(n, "dialing").left(n + 1, Reason.USER_REJECTED).events)
+    for restart in (2, 3, 4):
+        clock.at = T0 + 200.0 * restart
+        again = monitor_on(journal, clock, Seen(), journal_max_bytes="4096", journal_backups="1")
+        assert [call.key for call in again.live_calls()] == ["SCL_1"], restart
+        for n in range(1000 * restart, 1000 * restart + 30):  # and rotate again
+            at = 200.0 * restart + (n % 1000) * 0.1
+            take(again, script(n).seen(at, "dialing").left(at, Reason.USER_REJECTED).events)
+    assert not [bad for bad in replay(journal_files(journal, 1)).bad_lines]
+
+
+def test_a_replica_restores_only_the_calls_of_rooms_it_owns(tmp_path: Path) -> None:
+    """After the rooms are shared anew, another replica counts the rooms it now owns."""
+    from monitor.core.shards import Shard
+
+    journal, clock = tmp_path / "journal.jsonl", Clock(0.0)
+    first = monitor_on(journal, clock, Seen())
+    for n in range(1, 11):
+        take(first, script(n).seen(0.0, "ringing").events)
+    clock.at = T0 + 30.0
+    again = monitor_on(journal, clock, Seen(), shards="2", shard="0")
+    kept = {call.room for call in again.live_calls()}
+    assert kept == {f"call-{n}" for n in range(1, 11) if Shard(0, 2).owns(f"call-{n}")}
+    assert 0 < len(kept) < 10

@@ -137,6 +137,8 @@ def test_the_dial_hook_reaches_its_rooms_owner() -> None:
     assert owner_url("http://monitor:9469", "call-a") == "http://monitor:9469"
     with pytest.raises(ValueError, match="must hold"):
         owner_url("http://monitor:9469", "call-a", 3)
+    with pytest.raises(ValueError, match="1 or more"):
+        owner_url("http://monitor-{shard}:9469", "call-a", 0)
 
 
 def test_reconciliation_keeps_only_the_rooms_it_owns() -> None:
