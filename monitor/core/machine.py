@@ -380,11 +380,10 @@ class CallBook:
         if isinstance(event, ParticipantLeft):
             if event.reason is None and event.raw_reason:
                 effects.append(
-                    Anomaly(
-                        event.at,
+                    _anomaly(
+                        event,
                         AnomalyKind.UNKNOWN_REASON_VALUE,
                         f"disconnect reason {event.raw_reason[:64]!r}",
-                        event.room,
                         key,
                     )
                 )
@@ -404,11 +403,10 @@ class CallBook:
         if known is not None:
             if call_id and call_id != known and not known.startswith("sid:"):
                 effects.append(
-                    Anomaly(
-                        event.at,
+                    _anomaly(
+                        event,
                         AnomalyKind.CALL_ID_CHANGED,
                         f"participant changed sip.callID from {known} to {call_id}",
-                        event.room,
                         known,
                     )
                 )
@@ -454,18 +452,15 @@ class CallBook:
         effects: list[Effect] = []
         if skewed:
             effects.append(
-                Anomaly(
-                    event.at,
+                _anomaly(
+                    event,
                     AnomalyKind.CLOCK_SKEW,
                     "the server's join time is ahead of this monitor's clock",
-                    event.room,
                     key,
                 )
             )
         if not participant.call_id:
-            effects.append(
-                Anomaly(event.at, AnomalyKind.MISSING_CALL_ID, "no sip.callID", event.room, key)
-            )
+            effects.append(_anomaly(event, AnomalyKind.MISSING_CALL_ID, "no sip.callID", key))
         status = self._parse_status(key, event, effects)
         if status is not None:
             # First seen in the status it joined with, soon after joining: as it happened.
@@ -495,21 +490,13 @@ class CallBook:
     ) -> SipStatus | None:
         raw = event.participant.status
         if raw is None:
-            effects.append(
-                Anomaly(event.at, AnomalyKind.MISSING_STATUS, "no sip.callStatus", event.room, key)
-            )
+            effects.append(_anomaly(event, AnomalyKind.MISSING_STATUS, "no sip.callStatus", key))
             return None
         try:
             return SipStatus(raw)
         except ValueError:
             effects.append(
-                Anomaly(
-                    event.at,
-                    AnomalyKind.UNKNOWN_STATUS,
-                    f"sip.callStatus={raw[:64]!r}",
-                    event.room,
-                    key,
-                )
+                _anomaly(event, AnomalyKind.UNKNOWN_STATUS, f"sip.callStatus={raw[:64]!r}", key)
             )
             return None
 
@@ -581,24 +568,16 @@ class CallBook:
         previous: SipStatus | None,
         status: SipStatus,
     ) -> Anomaly:
-        return Anomaly(
-            event.at,
-            AnomalyKind.STATUS_REGRESSED,
-            f"status {status} after {previous}; ignored",
-            event.room,
-            key,
+        return _anomaly(
+            event, AnomalyKind.STATUS_REGRESSED, f"status {status} after {previous}; ignored", key
         )
 
     @staticmethod
     def _direction_mismatch(
         event: ParticipantSeen | AttributesChanged | ParticipantLeft, key: str, status: SipStatus
     ) -> Anomaly:
-        return Anomaly(
-            event.at,
-            AnomalyKind.DIRECTION_MISMATCH,
-            f"status {status} on an inbound call",
-            event.room,
-            key,
+        return _anomaly(
+            event, AnomalyKind.DIRECTION_MISMATCH, f"status {status} on an inbound call", key
         )
 
     # ---- ends ---------------------------------------------------------------------
@@ -718,11 +697,10 @@ class CallBook:
             # It was counted `lost`, and a source now says how it ended: the count
             # stands (nothing is counted twice), the anomaly makes the miss visible.
             return [
-                Anomaly(
-                    event.at,
+                _anomaly(
+                    event,
                     AnomalyKind.CONFLICTING_END,
                     f"ended as lost, later told it left with {event.reason}",
-                    event.room,
                     key,
                 )
             ]
@@ -730,22 +708,20 @@ class CallBook:
             known = (event.reason, stone.reason)
             if None not in known and event.reason != stone.reason:
                 return [
-                    Anomaly(
-                        event.at,
+                    _anomaly(
+                        event,
                         AnomalyKind.CONFLICTING_END,
                         f"ended with {stone.reason}, later told {event.reason}",
-                        event.room,
                         key,
                     )
                 ]
             return []
         if isinstance(event, AttributesChanged) and _status_changed(event):
             return [
-                Anomaly(
-                    event.at,
+                _anomaly(
+                    event,
                     AnomalyKind.EVENT_AFTER_END,
                     f"sip.callStatus={str(event.participant.status)[:64]!r} after the end",
-                    event.room,
                     key,
                 )
             ]
@@ -760,11 +736,10 @@ class CallBook:
         ended = self._find_ended_dial(event)
         if ended is not None:
             return [
-                Anomaly(
-                    event.at,
+                _anomaly(
+                    event,
                     AnomalyKind.LATE_DIAL_DETAIL,
                     f"SIP {event.sip_status_code} arrived after the outcome was final",
-                    event.room,
                     ended,
                 )
             ]
@@ -860,6 +835,16 @@ _HANDLERS: Mapping[type, Callable[[CallBook, Any], list[Effect]]] = MappingProxy
         MonitorRestarted: CallBook._on_restart,
     }
 )
+
+
+def _anomaly(
+    event: ParticipantSeen | AttributesChanged | ParticipantLeft | DialFailed,
+    kind: AnomalyKind,
+    detail: str,
+    key: str,
+) -> Anomaly:
+    """What an event about a call showed that a well-behaved source would not send."""
+    return Anomaly(event.at, kind, detail, event.room, key)
 
 
 def _utc(at: float) -> str:
