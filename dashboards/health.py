@@ -443,4 +443,19 @@ def health_board() -> Board:
             red_series=".*restarts",
         )
     )
+    board.add(
+        timeseries_panel(
+            "Replicas up, of the shards",
+            "Monitor replicas Prometheus scrapes, against the shards the replicas share the "
+            "rooms in (CALL_MONITOR_SHARDS; 1 for one monitor). Fewer up than shards: some "
+            "rooms are counted by no one (CallMonitorShardsMissing).",
+            "short",
+            [
+                Query(expr=f"count(up{{{MONITOR}}} == 1)", legend="replicas up"),
+                Query(expr=f"max(call_monitor_shards{{{MONITOR}}})", legend="shards", ref_id="B"),
+            ],
+            width=8,
+            min_value=0,
+        )
+    )
     return board

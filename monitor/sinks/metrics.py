@@ -414,6 +414,13 @@ class MonitorMetrics:
         self._ready = Gauge(
             "ready", "1 when the monitor is connected and watching, else 0.", **common
         )
+        # Every replica says how many share the rooms: an alert can tell one missing,
+        # even one whose target is gone (its series with it).
+        Gauge(
+            "shards",
+            "How many replicas share the rooms (CALL_MONITOR_SHARDS); 1 for one monitor.",
+            **common,
+        ).set(shard.count)
         self._build = Info(
             "build",
             "The monitor's version, its Python and its LiveKit SDK, and its shard (of how "

@@ -342,6 +342,7 @@ def test_build_info_names_the_monitor_python_and_livekit_versions_and_its_shard(
     assert sample.labels["version"] != "unknown"
     assert sample.labels["livekit_sdk"] != "unknown"
     assert (sample.labels["shard"], sample.labels["shards"]) == ("2", "3")
+    assert value(registry, "call_monitor_shards") == 3
 
 
 def test_exposition_is_the_prometheus_text_format_with_its_content_type() -> None:
