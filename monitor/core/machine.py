@@ -224,8 +224,10 @@ class _OrphanDial:
 class CallBook:
     """Every call the monitor knows, fed one event at a time.
 
-    The book owns its calls; `step` is the only way in and returns the effects. Two
-    books fed the same events give the same effects, which is what replay relies on.
+    The book owns its calls; `step` is the way in for events and returns the effects.
+    Two books fed the same events give the same effects, which is what replay relies
+    on. `adopt` and `adopt_tombstone` take back what `open_calls` and `tombstones`
+    gave, the calls a journal file carries (a restart reads the newest file alone).
     """
 
     def __init__(self, settings: MachineSettings | None = None) -> None:
