@@ -1,6 +1,7 @@
 """How a call's outcome is decided from what the room, the webhooks and the dial side saw.
 
-Pure functions over the facts of SIP_FACTS.md: a failed dial never gets a final
+Pure functions over how livekit-sip reports a call (docs/outcomes.md, and its
+recordings in tests/fixtures/traces/): a failed dial never gets a final
 `sip.callStatus`, so the outcome comes from three things together: whether the call was
 ever answered, its last status, and the disconnect reason; plus, when the dial-side hook
 sent it, the SIP status code of a failed CreateSIPParticipant. Where the room cannot tell

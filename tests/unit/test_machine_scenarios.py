@@ -1,7 +1,7 @@
 """Scenario walks: every outcome and every livekit-sip quirk, in both directions.
 
 Times and statuses follow the recordings of the real livekit-sip (tests/fixtures/traces,
-shared/traces/README.md): e.g. run `a` rings at 0.045 s, answers at 2.08 s and hangs up
+and its README.md): e.g. run `a` rings at 0.045 s, answers at 2.08 s and hangs up
 at 5.08 s.
 """
 
