@@ -3,8 +3,11 @@
 - `GET /metrics`: Prometheus exposition (prometheus-client's own).
 - `GET /healthz`: the process is alive. `GET /readyz`: connected to livekit-server and
   reconciled at least once; 503 with the reason otherwise.
-- `POST /webhook`: livekit-server's webhooks, verified with livekit-api's receiver.
-- `POST /dial`: the dial-side hook (SIP code of a failed CreateSIPParticipant).
+- `POST /webhook`: livekit-server's webhooks, verified with livekit-api's
+  `TokenVerifier` before the body is read, then by the body's hash; with shards, those
+  about another replica's rooms are dropped (200, counted).
+- `POST /dial`: the dial-side hook (SIP code of a failed CreateSIPParticipant); a report
+  about another replica's room gets 421 naming its owner.
 - `GET /calls`: calls not yet final, numbers masked.
 
 `/dial` and `/calls` need `Authorization: Bearer <hook token>`
