@@ -28,8 +28,10 @@ __all__ = [
     "Setting",
     "Settings",
     "describe",
+    "http_url",
     "load_settings",
     "redacted_url",
+    "ws_url",
 ]
 
 # livekit-server refuses API secrets shorter than this (HS256 wants 256 bits of key).
@@ -57,6 +59,22 @@ def _url(value: str) -> str:
     except ValueError:
         raise ValueError("has an invalid port") from None
     return value.rstrip("/")
+
+
+def _with_scheme(url: str, schemes: Mapping[str, str]) -> str:
+    """`url` with its scheme swapped as `schemes` says (LIVEKIT_URL may be either)."""
+    scheme, sep, rest = url.partition("://")
+    return schemes.get(scheme, scheme) + sep + rest
+
+
+def ws_url(url: str) -> str:
+    """LIVEKIT_URL as the signal WebSocket's."""
+    return _with_scheme(url, {"http": "ws", "https": "wss"})
+
+
+def http_url(url: str) -> str:
+    """LIVEKIT_URL as the HTTP API's."""
+    return _with_scheme(url, {"ws": "http", "wss": "https"})
 
 
 def redacted_url(url: str) -> str:

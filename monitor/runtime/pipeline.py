@@ -99,11 +99,13 @@ class Pipeline:
         the machine, so that the calls the new file carries are after all of them (a
         restart reads the new file alone)."""
         while not self.queue.empty():
-            event = self.queue.get_nowait()
-            try:
-                self.process(event)
-            except Exception:  # a bug must cost one event, logged, not every later one
-                log.exception("event_processing_failed", event_type=type(event).__name__)
+            self._process_guarded(self.queue.get_nowait())
+
+    def _process_guarded(self, event: Event) -> None:
+        try:
+            self.process(event)
+        except Exception:  # a bug must cost one event, logged, not every later one
+            log.exception("event_processing_failed", event_type=type(event).__name__)
 
     def watch(self, watcher: EventWatcher) -> None:
         """Show `watcher` every event before the machine, and every effect after."""
@@ -158,11 +160,7 @@ class Pipeline:
     async def consume(self) -> None:
         """Process queued events, one at a time, for ever."""
         while True:
-            event = await self.queue.get()
-            try:
-                self.process(event)
-            except Exception:  # a bug must cost one event, logged, not every later one
-                log.exception("event_processing_failed", event_type=type(event).__name__)
+            self._process_guarded(await self.queue.get())
 
     async def tick(self) -> None:
         """Time passes for the machine: settle windows close, tombstones expire."""

@@ -28,7 +28,7 @@ from monitor.core.model import CallEnded, CallStarted, MonitorRestarted
 from monitor.runtime.replay import JournalFeed
 from monitor.sinks.journal import BadLine, read_journal
 
-__all__ = ["Restored", "journal_files", "restore", "restore_from_file"]
+__all__ = ["Restored", "restore", "restore_from_file"]
 
 
 @dataclass
@@ -43,12 +43,6 @@ class Restored:
     bad_lines: list[BadLine] = field(default_factory=list)
     files: int = 0
     seconds: float = 0.0
-
-
-def journal_files(path: Path, backups: int) -> list[Path]:
-    """The journal's files that exist, oldest first (rotation keeps `.1` newest)."""
-    older = [path.with_name(f"{path.name}.{index}") for index in range(backups, 0, -1)]
-    return [candidate for candidate in (*older, path) if candidate.is_file()]
 
 
 def restore(

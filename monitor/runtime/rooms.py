@@ -31,7 +31,7 @@ from monitor.core.model import (
     RoomEnded,
     Source,
 )
-from monitor.runtime.config import Settings
+from monitor.runtime.config import Settings, ws_url
 from monitor.sinks.logs import LogRateLimiter
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.sources.room_link import LinkHooks, Observers, RoomLink
@@ -75,12 +75,6 @@ def describe(error: BaseException) -> str:
     none)."""
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def ws_url(url: str) -> str:
-    """LIVEKIT_URL as the signal WebSocket's (it may be given as either)."""
-    scheme, sep, rest = url.partition("://")
-    return {"http": "ws", "https": "wss"}.get(scheme, scheme) + sep + rest
 
 
 @dataclass

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from monitor.core.journal_format import Header
 from monitor.core.machine import CallBook, MachineSettings
 from monitor.core.model import CallRecord, Effect, Event
-from monitor.runtime.config import Settings, redacted_url
+from monitor.runtime.config import Settings, http_url, redacted_url
 from monitor.runtime.pipeline import EffectSink, Pipeline
 from monitor.runtime.reconcile import Reconciler
 from monitor.runtime.rooms import RoomSlot, RoomWatch, describe
@@ -40,12 +40,6 @@ from monitor.sources.webhooks import WebhookIntake
 __all__ = ["EffectSink", "Monitor", "run_until_signalled"]
 
 log = structlog.get_logger("call_monitor")
-
-
-def _http_url(url: str) -> str:
-    """LIVEKIT_URL as the HTTP API's (it may be given as either)."""
-    scheme, sep, rest = url.partition("://")
-    return {"ws": "http", "wss": "https"}.get(scheme, scheme) + sep + rest
 
 
 class Monitor:
@@ -177,16 +171,16 @@ class Monitor:
         """Run until `stop` is set; then stop intake, drain, close everything."""
         from monitor.runtime.http import serve
 
-        http_url = _http_url(self.settings.livekit_url)
+        api_url = http_url(self.settings.livekit_url)
         async with contextlib.AsyncExitStack() as stack:
             lkapi = api.LiveKitAPI(
-                http_url, self.settings.livekit_api_key, self.settings.livekit_api_secret
+                api_url, self.settings.livekit_api_key, self.settings.livekit_api_secret
             )
             stack.push_async_callback(lkapi.aclose)
             listing_session = aiohttp.ClientSession()
             stack.push_async_callback(listing_session.close)
             listings = RoomListings(
-                http_url,
+                api_url,
                 self.settings.livekit_api_key,
                 self.settings.livekit_api_secret,
                 listing_session,
@@ -211,7 +205,7 @@ class Monitor:
                 metrics=f"{self.settings.metrics_host}:{self.metrics_port}"
                 if self.settings.metrics_port is not None
                 else "on the http port",
-                livekit=redacted_url(http_url),
+                livekit=redacted_url(api_url),
                 room_mode="whole_call" if self.settings.stays_whole_call else "setup",
                 webhooks=self.settings.webhooks,
             )

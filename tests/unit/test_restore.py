@@ -34,7 +34,6 @@ from monitor.core.model import (
 )
 from monitor.runtime.config import load_settings
 from monitor.runtime.replay import replay
-from monitor.runtime.restore import journal_files
 from monitor.runtime.service import Monitor
 from monitor.sinks.journal import read_journal
 from tests.unit.script import T0, CallScript, run
@@ -94,6 +93,12 @@ def total(monitor: Monitor, name: str) -> float:
         for sample in family.samples
         if sample.name == f"call_monitor_{name}"
     )
+
+
+def journal_files(path: Path, backups: int) -> list[Path]:
+    """The journal's files that exist, oldest first (rotation keeps `.1` newest)."""
+    older = [path.with_name(f"{path.name}.{index}") for index in range(backups, 0, -1)]
+    return [candidate for candidate in (*older, path) if candidate.is_file()]
 
 
 def script(n: int) -> CallScript:

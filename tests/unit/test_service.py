@@ -73,8 +73,8 @@ def test_without_webhooks_the_default_mode_stays_for_the_whole_call() -> None:
 
 
 def test_livekit_url_works_in_either_scheme_for_rooms_and_the_api() -> None:
-    from monitor.runtime.rooms import ws_url as _ws_url
-    from monitor.runtime.service import _http_url
+    from monitor.runtime.config import http_url as _http_url
+    from monitor.runtime.config import ws_url as _ws_url
 
     assert (_ws_url("https://lk.example.com"), _http_url("wss://lk.example.com")) == (
         "wss://lk.example.com",
