@@ -174,16 +174,21 @@ async def test_three_shards_count_every_call_once_in_its_owner_though_one_is_kil
     assert where("call_started") == expected
     assert where("call_ended") == expected
     outcomes = {
-        str(e["call_id"]): (e["outcome"], e["room"])
+        str(e["call_id"]): (e["outcome"], e["room"], e["reason"])
         for lines in logs
         for e in lines
         if e.get("event") == "call_ended" and e.get("call_id") in call_ids
     }
     wanted = {room: outcome for rooms in rooms_by_room(owned) for room, outcome in rooms}
-    for call_id, (outcome, room) in outcomes.items():
+    for call_id, (outcome, room, reason) in outcomes.items():
         # A call of the killed shard that ended while it was down may be lost, saying so.
         allowed = {wanted[room]} | ({"lost"} if owner[call_id] == KILLED else set())
-        assert outcome in allowed, (call_id, room, outcome)
+        if reason == "CONNECTION_TIMEOUT":
+            # livekit-server sometimes loses a leave sent as the socket closes and times
+            # the participant out 20 s later (tests/integration/truth.py): the monitor
+            # reports what the server said, a cut before or after the answer.
+            allowed |= {"failed", "dropped"}
+        assert outcome in allowed, (call_id, room, outcome, reason)
     # Every replica verified the webhooks of the others' rooms and dropped them, counted.
     assert all(count > 0 for count in dropped), dropped
     assert blind < 30.0
