@@ -24,7 +24,7 @@ help:
 	@echo "make test-unit  only the unit tests (no LiveKit needed)"
 	@echo "make lint       ruff check, ruff format --check, mypy --strict"
 	@echo "make fmt        format the code"
-	@echo "make build      install redis-server, build livekit-server and the SIP simulator"
+	@echo "make build      install redis-server, build livekit-server, the SIP simulator and helm"
 	@echo "make samples    regenerate samples/ from tests/fixtures/traces"
 	@echo "make dashboards regenerate dashboards/*.json from dashboards/*.py"
 	@echo "make docs       redraw the state diagram of docs/outcomes.md from the machine's tables"

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from stack._stack import Stack, StackError
-from stack.build import BuildError, build
+from stack.build import BuildError, build, ensure_helm
 from stack.config import StackConfig
 
 __all__ = ["main"]
@@ -35,7 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--departure-timeout", type=int, default=_DEFAULTS.departure_timeout)
     up.add_argument("--no-sim", action="store_true", help="run without the SIP simulator (sipsim)")
     up.add_argument("--log-level", default="info", help="livekit-server and sipsim log level")
-    sub.add_parser("build", help="install redis-server, build livekit-server and sipsim")
+    sub.add_parser(
+        "build",
+        help="install redis-server, build livekit-server and sipsim, and helm for the tests",
+    )
     return parser
 
 
@@ -71,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build":
             build(sip_simulator=True)
+            ensure_helm()
             return 0
         config = StackConfig(
             webhook_urls=tuple(args.webhook),

@@ -1,11 +1,12 @@
-"""Install or build the programs the stack runs: redis-server, livekit-server, sipsim.
+"""Install or build the programs the stack runs (redis-server, livekit-server, sipsim),
+and helm for the chart's tests.
 
 Each `ensure_*` function returns the path of a working binary, doing only what is
-missing: redis-server comes from Debian (apt-get), livekit-server from `go install` at a
-pinned tag into the git-ignored `bin/`, and the SIP simulator from `go build` of
-`sipsim/` whenever one of its sources is newer than the binary. Builds take a file
-lock, so two test sessions never build the same thing at once, and a `go install` of
-livekit-server that some other process already runs is waited for, not repeated.
+missing: redis-server comes from Debian (apt-get), livekit-server and helm from
+`go install` at a pinned tag into the git-ignored `bin/`, and the SIP simulator from
+`go build` of `sipsim/` whenever one of its sources is newer than the binary. Builds
+take a file lock, so two test sessions never build the same thing at once, and a
+`go install` that some other process already runs is waited for, not repeated.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +26,13 @@ from stack._paths import BIN_DIR, SIPSIM_DIR, STATE_DIR
 from stack._report import Reporter, stderr_reporter
 
 __all__ = [
+    "HELM_BINARY",
     "LIVEKIT_MODULE",
     "LIVEKIT_VERSION",
     "Binaries",
     "BuildError",
     "build",
+    "ensure_helm",
     "ensure_livekit_server",
     "ensure_redis",
     "ensure_sipsim",
@@ -41,6 +44,10 @@ LIVEKIT_VERSION = "1.13.5"
 """The newest livekit-server tag that `go install` accepts (later tags carry `replace`)."""
 LIVEKIT_MODULE = "github.com/livekit/livekit-server/cmd/server"
 LIVEKIT_BINARY = BIN_DIR / "server"
+HELM_VERSION = "4.3.2"
+"""Helm for the chart's tests (`helm template`, `helm lint`); no cluster needed."""
+HELM_MODULE = "helm.sh/helm/v4/cmd/helm"
+HELM_BINARY = BIN_DIR / "helm"
 SIPSIM_BINARY = BIN_DIR / "sipsim"
 _PROGRESS_EVERY = 10.0
 
@@ -116,35 +123,91 @@ def ensure_livekit_server(report: Reporter = stderr_reporter) -> Path:
     A cold build takes 2.5 to 5.5 minutes on 2 cores (docs/stack.md); a progress line
     is reported every 10 s. Another process's `go install` of it is waited for.
     """
-    if livekit_server_version() == LIVEKIT_VERSION:
-        return LIVEKIT_BINARY
-    with _build_lock("livekit-server", report):
-        _wait_for_foreign_go_install(report)
-        if livekit_server_version() == LIVEKIT_VERSION:
-            report(f"livekit-server {LIVEKIT_VERSION} is ready at {LIVEKIT_BINARY}")
-            return LIVEKIT_BINARY
-        go = _go_binary()
-        log = STATE_DIR / "build-livekit-server.log"
-        report(
-            f"building livekit-server {LIVEKIT_VERSION} with go install "
-            f"(2.5 to 5.5 min on 2 cores); log: {log}"
+    return _go_install(
+        "livekit-server",
+        LIVEKIT_MODULE,
+        LIVEKIT_VERSION,
+        LIVEKIT_BINARY,
+        livekit_server_version,
+        "2.5 to 5.5 min on 2 cores",
+        report,
+    )
+
+
+def ensure_helm(report: Reporter = stderr_reporter) -> Path:
+    """Return bin/helm at the pinned version, building it with `go install` if needed.
+
+    Only the chart's tests use it (`helm template`, no cluster). About 1.5 minutes cold.
+    """
+    return _go_install(
+        "helm",
+        HELM_MODULE,
+        HELM_VERSION,
+        HELM_BINARY,
+        lambda: _module_version(HELM_BINARY),
+        "about 1.5 min on 2 cores",
+        report,
+    )
+
+
+def _module_version(binary: Path) -> str | None:
+    """The main module's version a Go binary was built from (`go version -m`), or None.
+
+    Helm built by `go install` prints only its minor version; its build info is exact.
+    """
+    if not binary.exists():
+        return None
+    try:
+        out = subprocess.run(
+            [_go_binary(), "version", "-m", str(binary)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
         )
+    except (OSError, subprocess.TimeoutExpired, BuildError):
+        return None
+    match = re.search(r"^\s*mod\s+\S+\s+v(\d+\.\d+\.\d+)", out.stdout, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def _go_install(
+    name: str,
+    module: str,
+    version: str,
+    binary: Path,
+    installed_version: Callable[[], str | None],
+    takes: str,
+    report: Reporter,
+) -> Path:
+    """`go install module@vversion` into bin/, unless `binary` is that version already."""
+    if installed_version() == version:
+        return binary
+    with _build_lock(name, report):
+        _wait_for_foreign_go_install(name, module, report)
+        if installed_version() == version:
+            report(f"{name} {version} is ready at {binary}")
+            return binary
+        go = _go_binary()
+        log = STATE_DIR / f"build-{name}.log"
+        report(f"building {name} {version} with go install ({takes}); log: {log}")
         BIN_DIR.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GOBIN": str(BIN_DIR)}
-        argv = [go, "install", "-v", f"{LIVEKIT_MODULE}@v{LIVEKIT_VERSION}"]
-        rc = _run_logged(argv, log=log, env=env, report=report, label="livekit-server build")
-        version = livekit_server_version()
-        if rc != 0 or version != LIVEKIT_VERSION:
+        argv = [go, "install", "-v", f"{module}@v{version}"]
+        rc = _run_logged(argv, log=log, env=env, report=report, label=f"{name} build")
+        built = installed_version()
+        if rc != 0 or built != version:
             raise BuildError(
-                f"go install of livekit-server v{LIVEKIT_VERSION} failed "
-                f"(exit {rc}, bin/server version {version}); see {log}"
+                f"go install of {name} v{version} failed "
+                f"(exit {rc}, {binary.relative_to(BIN_DIR.parent)} version {built}); see {log}"
             )
-        report(f"livekit-server {version} built at {LIVEKIT_BINARY}")
-        return LIVEKIT_BINARY
+        report(f"{name} {built} built at {binary}")
+        return binary
 
 
-def _foreign_go_installs() -> list[int]:
-    """Pids of other processes running `go install` of livekit-server."""
+def _foreign_go_installs(module: str) -> list[int]:
+    """Pids of other processes running `go install` of `module`."""
+    root = module.split("/cmd/")[0]
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -158,25 +221,27 @@ def _foreign_go_installs() -> list[int]:
             len(words) >= 3
             and Path(words[0]).name == "go"
             and "install" in words
-            and any(w.startswith("github.com/livekit/livekit-server/") for w in words)
+            and any(w.startswith(root + "/") for w in words)
         ):
             pids.append(int(entry.name))
     return pids
 
 
-def _wait_for_foreign_go_install(report: Reporter) -> None:
-    pids = _foreign_go_installs()
+def _wait_for_foreign_go_install(name: str, module: str, report: Reporter) -> None:
+    """Wait for a `go install` of the same module that another process runs (a test
+    session started beside this one): one build, not two at once on 2 cores."""
+    pids = _foreign_go_installs(module)
     if not pids:
         return
     started = time.monotonic()
-    report(f"another go install of livekit-server is running (pid {pids[0]}); waiting for it")
+    report(f"another go install of {name} is running (pid {pids[0]}); waiting for it")
     last = started
-    while _foreign_go_installs():
+    while _foreign_go_installs(module):
         time.sleep(1.0)
         if time.monotonic() - last >= _PROGRESS_EVERY:
             last = time.monotonic()
-            report(f"still waiting for the running livekit-server build, {last - started:.0f} s")
-    report(f"the other livekit-server build ended after {time.monotonic() - started:.0f} s")
+            report(f"still waiting for the running {name} build, {last - started:.0f} s")
+    report(f"the other {name} build ended after {time.monotonic() - started:.0f} s")
 
 
 # --- sipsim ------------------------------------------------------------------------
