@@ -4,7 +4,6 @@ expected in every field, not one field checked and the rest assumed."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from monitor.core.machine import CallBook, MachineSettings
 from monitor.core.model import (
@@ -20,6 +19,7 @@ from monitor.core.model import (
     Source,
     Timings,
 )
+from tests.unit.records import fresh
 from tests.unit.script import T0, CallScript
 
 
@@ -32,28 +32,6 @@ def walk(book: CallBook, events: list[Event], key: str) -> list[CallRecord]:
         assert record is not None, event
         records.append(record)
     return records
-
-
-def fresh(**fields: Any) -> CallRecord:
-    """The record of the scripts' call (`CallScript`'s defaults) as it starts."""
-    record = CallRecord(
-        key="SCL_test1",
-        call_id="SCL_test1",
-        room="call-test",
-        room_sid="RM_1",
-        participant_sid="PA_test1",
-        identity="callee",
-        direction=Direction.OUTBOUND,
-        trunk_id="ST_trunk1",
-        phone_number="+15551112222",
-        trunk_phone_number="+15550000000",
-        state=CallState.DIALING,
-        last_status=SipStatus.DIALING,
-        statuses=(SipStatus.DIALING,),
-        timings=Timings(started_at=T0),
-        sources=frozenset({Source.ROOM}),
-    )
-    return replace(record, **fields)
 
 
 def test_an_answered_outbound_call_record_by_record() -> None:
