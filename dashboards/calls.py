@@ -4,6 +4,10 @@ Ratios read the recording rules (`trunk_direction:...`, summed by trunk and dire
 windows 5m, 30m, 1h, 6h); rates and histograms read the raw counters over
 `$__rate_interval`, so they follow the dashboard's zoom and fill within a minute or two
 of a fresh start.
+
+Every query sums over the monitor's instances: with several replicas (shards), each call
+is counted by the one replica that owns its room, so the sums count it once, ratios are
+taken from the sums and percentiles from the summed buckets.
 """
 
 from __future__ import annotations
