@@ -506,11 +506,14 @@ class CallBook:
         self, key: str, event: ParticipantSeen | AttributesChanged | ParticipantLeft
     ) -> list[Effect]:
         effects: list[Effect] = []
+        # The source saw the call even when its status is missing or unknown: a room
+        # event says the room was watched (`watched` of the outcome rules).
+        call = self._calls[key]
+        record = replace(call.record, sources=call.record.sources | {event.source})
+        self._calls[key] = call = replace(call, record=record)
         status = self._parse_status(key, event, effects)
         if status is None:
             return effects
-        call = self._calls[key]
-        record = replace(call.record, sources=call.record.sources | {event.source})
         if status is record.last_status:
             if isinstance(event, AttributesChanged) and _status_changed(event):
                 # First seen in a snapshot (a listing read before the observer
@@ -524,7 +527,12 @@ class CallBook:
         if current is CallState.ENDING:
             # The leave came first (sip PR #725): record a forward status, stay ENDING.
             if _is_forward(record.last_status, status):
-                record = self._record_status(record, status, event.at)
+                # Set before the leave, seen after it: timed at the leave at the latest.
+                assert call.pending is not None  # ENDING always has a pending end
+                left_at = call.pending.at
+                record = self._record_status(
+                    record, status, min(event.at, left_at), approximate=event.at > left_at
+                )
             elif isinstance(event, AttributesChanged):
                 effects.append(self._regression(event, key, record.last_status, status))
             self._calls[key] = replace(call, record=record)
@@ -621,7 +629,10 @@ class CallBook:
             evidence=pending.strength > _NO_EVIDENCE,
             watched=Source.ROOM in record.sources,
         )
-        timings = replace(record.timings, ended_at=max(pending.at, record.timings.started_at))
+        # Never before a moment the call was seen at: sources' clocks and delays differ.
+        seen = (record.timings.ringing_at, record.timings.answered_at)
+        ended_at = max(pending.at, record.timings.started_at, *(t for t in seen if t is not None))
+        timings = replace(record.timings, ended_at=ended_at)
         if verdict.active_before_answer:
             timings = replace(timings, answered_at=None)
         final = replace(

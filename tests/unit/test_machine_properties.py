@@ -130,7 +130,7 @@ def test_each_call_starts_once_ends_at_most_once_and_nothing_moves_after_its_end
 
 @settings(max_examples=200, deadline=None)
 @given(events(), SETTLE)
-def test_ended_calls_have_one_outcome_and_no_negative_duration(
+def test_ended_calls_have_one_outcome_no_negative_duration_and_nothing_after_the_end(
     sequence: list[Event], settle: float
 ) -> None:
     for effect in run_all(sequence, settle):
@@ -147,6 +147,10 @@ def test_ended_calls_have_one_outcome_and_no_negative_duration(
             ):
                 assert span is None or span >= 0
             assert timings.total_duration is not None
+            # No moment of the call after its end (a status seen after the leave).
+            assert timings.ended_at is not None
+            for moment in (timings.ringing_at, timings.answered_at):
+                assert moment is None or moment <= timings.ended_at
 
 
 @settings(max_examples=200, deadline=None)
