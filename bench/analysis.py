@@ -5,7 +5,9 @@
   over its other labels) and the k-th `call_state_changed` log line with `state=X` are
   the same change: both sinks run, in that order, in the one synchronous step that
   handles an effect. So the scrape that first shows increment k names the call of log
-  line k, and the ledger says when the SIP side made that change.
+  line k, and the ledger says when the SIP side made that change. With shards this
+  holds per replica: a change in room R is matched in the scrapes and the log of the
+  replica that owns R (`shard_of`).
 - The same per-call times from the log lines alone (millisecond timestamps, no scrape
   resolution): what the monitor knew, independent of how often /metrics is read.
 - CPU and memory of each part over a phase, from /proc samples.
@@ -24,6 +26,7 @@ from bench.ledger import CallTruth
 from bench.procfs import TreeUsage
 from bench.scrape import ENDED, STARTED
 from bench.stats import CounterPoll, counter_visibility, mean, summarize
+from monitor.core.shards import shard_of
 
 __all__ = [
     "LogLine",
@@ -31,6 +34,7 @@ __all__ = [
     "Sample",
     "judge",
     "log_latency",
+    "merged",
     "metrics_latency",
     "phase_usage",
     "read_monitor_log",
@@ -119,33 +123,43 @@ def read_monitor_log(path: Path) -> MonitorLog:
 
 
 def metrics_latency(
-    polls: Sequence[CounterPoll],
-    log: MonitorLog,
+    replicas: Sequence[tuple[Sequence[CounterPoll], MonitorLog]],
     truths: Mapping[str, CallTruth],
     keys: Iterable[str] = CHANGES,
 ) -> dict[str, object]:
     """Ledger change -> first scrape showing it, per change kind (ms, upper bounds:
-    the scrape's answer time); plus the scrape spacing (the resolution)."""
+    the scrape's answer time); plus the scrape spacing (the resolution).
+
+    `replicas`: each replica's scrapes and log, in shard order (one for one monitor).
+    `wrong_replica` counts log lines about a room the replica does not own: none,
+    unless the monitor's sharding (or this matching) is wrong."""
+    shards = len(replicas)
     by_key: dict[str, dict[str, float]] = {}
     all_target: list[float] = []
     unmatched: dict[str, int] = {}
+    wrong_replica = 0
     for key in keys:
-        lines = log.lines.get(key, [])
         values: list[float] = []
         lower: list[float] = []
         missing = 0
-        for seen in counter_visibility(polls, key):
-            if seen.rank > len(lines):
-                missing += 1  # the log file is behind the counter (not flushed yet)
-                continue
-            line = lines[seen.rank - 1]
-            truth = truths.get(line.call_id)
-            at = truth.change_times().get(key) if truth is not None else None
-            if at is None:
-                missing += 1  # e.g. a state the monitor inferred, with no ledger line
-                continue
-            values.append(seen.by - at)
-            lower.append(seen.after - at)
+        for shard, (polls, log) in enumerate(replicas):
+            lines = log.lines.get(key, [])
+            for seen in counter_visibility(polls, key):
+                if seen.rank > len(lines):
+                    missing += 1  # the log file is behind the counter (not flushed yet)
+                    continue
+                line = lines[seen.rank - 1]
+                truth = truths.get(line.call_id)
+                owner = shard_of(truth.room, shards) if truth and truth.room else shard
+                if owner != shard:
+                    wrong_replica += 1
+                    continue
+                at = truth.change_times().get(key) if truth is not None else None
+                if at is None:
+                    missing += 1  # e.g. a state the monitor inferred, with no ledger line
+                    continue
+                values.append(seen.by - at)
+                lower.append(seen.after - at)
         summary = summarize(values, 1000.0)
         if values:
             summary["lower_p50"] = round(sorted(lower)[len(lower) // 2] * 1000.0, 1)
@@ -153,15 +167,35 @@ def metrics_latency(
         unmatched[key] = missing
         if key in TARGET_CHANGES:
             all_target.extend(values)
-    spacing = [b.t_send - a.t_send for a, b in itertools.pairwise(polls)]
-    return {
+    # Each replica is scraped on its own: spacing within a replica's scrapes.
+    spacing = [b.t_send - a.t_send for polls, _ in replicas for a, b in itertools.pairwise(polls)]
+    took = [p.t_recv - p.t_send for polls, _ in replicas for p in polls]
+    result: dict[str, object] = {
         "by_change_ms": by_key,
         "target_changes_ms": summarize(all_target, 1000.0),
         "unmatched": unmatched,
-        "scrapes": len(polls),
+        "scrapes": sum(len(polls) for polls, _ in replicas),
         "scrape_spacing_ms": summarize(spacing, 1000.0),
-        "scrape_ms": summarize([p.t_recv - p.t_send for p in polls], 1000.0),
+        "scrape_ms": summarize(took, 1000.0),
     }
+    if shards > 1:
+        result["wrong_replica"] = wrong_replica
+    return result
+
+
+def merged(logs: Sequence[MonitorLog]) -> MonitorLog:
+    """Several replicas' logs as one monitor's (for what does not depend on the order
+    of lines between replicas: the log latency, the changes missed, the warnings)."""
+    found = MonitorLog()
+    for log in logs:
+        for key, lines in log.lines.items():
+            found.lines.setdefault(key, []).extend(lines)
+        for name, count in log.warnings.items():
+            found.warnings[name] = found.warnings.get(name, 0) + count
+        found.unreadable += log.unreadable
+        found.rang += log.rang
+        found.pdd_approximate += log.pdd_approximate
+    return found
 
 
 def log_latency(
@@ -220,7 +254,10 @@ def missed_by_monitor(
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """Every part's CPU seconds so far and resident bytes, at one moment."""
+    """Every part's CPU seconds so far and resident bytes, at one moment.
+
+    `monitor`: all the replicas' trees summed (`procfs.combined`); `replicas`: each
+    one's, in shard order."""
 
     t: float
     monitor: TreeUsage
@@ -230,28 +267,47 @@ class Sample:
     machine_total_ticks: int
     live_calls: int
     rooms_watched: float | None
+    replicas: tuple[TreeUsage, ...] = ()
 
 
 def _between(samples: Sequence[Sample], t0: float, t1: float) -> list[Sample]:
     return [s for s in samples if t0 <= s.t <= t1]
 
 
+def _tree_cpu(first: TreeUsage, last: TreeUsage, seconds: float) -> dict[str, float | None]:
+    """Cores of a monitor tree, its main process and its observers between two samples;
+    nothing if it was down at either or restarted in between."""
+    if not (first.alive and last.alive) or last.cpu_seconds < first.cpu_seconds:
+        return {}
+    whole = (last.cpu_seconds - first.cpu_seconds) / seconds
+    main = (last.main_cpu_seconds - first.main_cpu_seconds) / seconds
+    return {"monitor": whole, "monitor_main": main, "observers": whole - main}
+
+
+def _tree_rss(trees: Iterable[TreeUsage]) -> dict[str, float | None]:
+    alive = [t for t in trees if t.alive]
+    return {
+        "monitor_mean": mean(t.rss_bytes for t in alive),
+        "monitor_max": max((t.rss_bytes for t in alive), default=None),
+        "monitor_main_mean": mean(t.main_rss_bytes for t in alive),
+        "observers_mean": mean(t.rss_bytes - t.main_rss_bytes for t in alive),
+    }
+
+
+def _rounded(values: Mapping[str, float | None], digits: int | None) -> dict[str, float | None]:
+    return {k: None if v is None else round(v, digits) for k, v in values.items()}
+
+
 def phase_usage(samples: Sequence[Sample], t0: float, t1: float, cores: int) -> dict[str, object]:
     """Mean CPU (cores) of each part over [t0, t1], their mean and peak RSS, the mean
-    number of live calls and of rooms the monitor had joined."""
+    number of live calls and of rooms the monitor had joined; the monitor's CPU and RSS
+    per replica under `replicas` (the totals under `cpu_cores` and `rss_bytes`)."""
     inside = _between(samples, t0, t1)
     if len(inside) < 2:
         return {"samples": len(inside)}
     first, last = inside[0], inside[-1]
     seconds = last.t - first.t
-    cpu: dict[str, float | None] = {}
-    monitor_alive = first.monitor.alive and last.monitor.alive
-    if monitor_alive and last.monitor.cpu_seconds >= first.monitor.cpu_seconds:
-        whole = (last.monitor.cpu_seconds - first.monitor.cpu_seconds) / seconds
-        main = (last.monitor.main_cpu_seconds - first.monitor.main_cpu_seconds) / seconds
-        cpu["monitor"] = whole
-        cpu["monitor_main"] = main
-        cpu["observers"] = whole - main
+    cpu: dict[str, float | None] = {**_tree_cpu(first.monitor, last.monitor, seconds)}
     for part in last.cpu:
         if part in first.cpu and last.cpu[part] >= first.cpu[part]:
             cpu[part] = (last.cpu[part] - first.cpu[part]) / seconds
@@ -264,28 +320,41 @@ def phase_usage(samples: Sequence[Sample], t0: float, t1: float, cores: int) -> 
         ours = sum(v for k, v in cpu.items() if v is not None and k not in _NOT_OURS)
         cpu["others"] = max(0.0, busy - ours)
     alive = [s for s in inside if s.monitor.alive]
-    rss: dict[str, float | None] = {
-        "monitor_mean": mean(s.monitor.rss_bytes for s in alive),
-        "monitor_max": max((s.monitor.rss_bytes for s in alive), default=None),
-        "monitor_main_mean": mean(s.monitor.main_rss_bytes for s in alive),
-        "observers_mean": mean(s.monitor.rss_bytes - s.monitor.main_rss_bytes for s in alive),
-    }
+    rss = _tree_rss(s.monitor for s in inside)
     for part in last.rss:
         rss[part + "_mean"] = mean(s.rss.get(part, 0) for s in inside)
         rss[part + "_max"] = max(s.rss.get(part, 0) for s in inside)
     rooms = [s.rooms_watched for s in inside if s.rooms_watched is not None]
-    return {
+    usage: dict[str, object] = {
         "t0": round(first.t, 3),
         "t1": round(last.t, 3),
         "seconds": round(seconds, 1),
         "samples": len(inside),
-        "cpu_cores": {k: None if v is None else round(v, 4) for k, v in cpu.items()},
-        "rss_bytes": {k: None if v is None else round(v) for k, v in rss.items()},
+        "cpu_cores": _rounded(cpu, 4),
+        "rss_bytes": _rounded(rss, None),
         "live_calls_mean": round(mean(s.live_calls for s in inside) or 0.0, 1),
         "live_calls_min": min(s.live_calls for s in inside),
         "monitor_processes_max": max((s.monitor.processes for s in alive), default=0),
         "rooms_watched_mean": round(sum(rooms) / len(rooms), 1) if rooms else None,
     }
+    replicas = min(len(s.replicas) for s in inside)
+    if replicas:
+        usage["replicas"] = [
+            {
+                "cpu_cores": _rounded(_tree_cpu(first.replicas[i], last.replicas[i], seconds), 4),
+                "rss_bytes": _rounded(_tree_rss(s.replicas[i] for s in inside), None),
+            }
+            for i in range(replicas)
+        ]
+    return usage
+
+
+def _number_at(doc: object, *path: str) -> float | None:
+    for key in path:
+        if not isinstance(doc, Mapping):
+            return None
+        doc = doc.get(key)
+    return float(doc) if isinstance(doc, int | float) else None
 
 
 # Parts whose CPU is already inside another's (the monitor's tree holds them).
@@ -327,15 +396,24 @@ def judge(
             for part, value in cpu.items():
                 if isinstance(value, int | float):
                     peak[part] = max(peak.get(part, 0.0), float(value))
+        # With shards the limit is one replica's main process, not their sum.
+        replicas = usage.get("replicas")
+        if isinstance(replicas, Sequence) and len(replicas) > 1:
+            for replica in replicas:
+                main = _number_at(replica, "cpu_cores", "monitor_main")
+                if main is not None:
+                    peak["replica_main"] = max(peak.get("replica_main", 0.0), main)
+    main_peak = peak.get("replica_main", peak.get("monitor_main", 0.0))
+    main_name = "a replica's main process" if "replica_main" in peak else "monitor main process"
     parts = {k: v for k, v in peak.items() if k in ("livekit", "sipsim", "monitor", "bench")}
     errors = load.get("api_errors_by_kind")
     error_text = " ".join(errors) if isinstance(errors, Mapping) else ""
     component: str
     if monitor_p99_ms is not None and monitor_p99_ms > 2000:
         component = "monitor"
-    elif peak.get("monitor_main", 0.0) >= 0.85:
+    elif main_peak >= 0.85:
         component = "monitor"
-        evidence.append(f"monitor main process at {peak['monitor_main']:.2f} of a core")
+        evidence.append(f"{main_name} at {main_peak:.2f} of a core")
     elif needed_rate > max_rate:
         component = "placement rate"
         evidence.append(

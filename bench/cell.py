@@ -14,6 +14,11 @@ each `duration` long in total:
 5. `away`: the monitor and its observers are SIGKILLed: livekit-server without it.
    Then it is started again, and the time until it lists every live call is measured.
 
+With `shards` N > 1 the monitor is N replicas (`CALL_MONITOR_SHARDS`, each its own port,
+log and scraper) and livekit-server sends every webhook to each; "the monitor" is then
+all of them: CPU and RSS summed (and kept per replica), the latency matched per replica,
+all killed and started again together.
+
 Everything is sampled from /proc every second; the stack stops at the end (its run
 folder keeps the logs, the ledger and the monitor's logs).
 """
@@ -25,7 +30,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +38,11 @@ from typing import Any
 from livekit import api
 
 from bench.analysis import (
+    MonitorLog,
     Sample,
     judge,
     log_latency,
+    merged,
     metrics_latency,
     missed_by_monitor,
     phase_usage,
@@ -49,11 +56,13 @@ from bench.procfs import (
     CLOCK_TICKS,
     PAGE_SIZE,
     all_processes,
+    combined,
     machine_cpu_ticks,
     tree_usage,
 )
 from bench.profile import record, summarize_collapsed
-from bench.scrape import Exposition, Scraper
+from bench.scrape import STARTED, Exposition, Scraper
+from bench.scrape import combined as combined_scrapes
 from monitor.client.hook_token import CALLS, mint_hook_token
 from stack import Stack, StackConfig
 from stack.config import free_port
@@ -97,10 +106,12 @@ class CellPlan:
     monitor_env: Mapping[str, str] = field(default_factory=dict)
     webhook_events: tuple[str, ...] = ()  # livekit-server sends only these kinds
     cores: int = 2
+    shards: int = 1  # monitor replicas, each sent every webhook
 
     @property
     def name(self) -> str:
-        return f"{self.size}-{self.mix.name}-{self.mode}"
+        name = f"{self.size}-{self.mix.name}-{self.mode}"
+        return name if self.shards == 1 else f"{name}-{self.shards}-shards"
 
     def phase_seconds(self) -> list[tuple[str, float]]:
         return [
@@ -122,22 +133,25 @@ class _Sampler:
     def __init__(
         self,
         stack: Stack,
-        monitor: Callable[[], MonitorProcess | None],
+        monitors: Callable[[], Sequence[MonitorProcess]],
         live: Callable[[], int],
-        scraper: Scraper,
+        scrapers: Sequence[Scraper],
     ) -> None:
         self.stack = stack
-        self.monitor = monitor
+        self.monitors = monitors  # the replicas now, in shard order
         self.live = live
-        self.scraper = scraper
+        self.scrapers = scrapers
         self.samples: list[Sample] = []
 
     def take(self) -> Sample:
         procs = all_processes()
         pids = self.stack.pids()
-        current = self.monitor()
-        alive = current is not None and current.running()
-        monitor = tree_usage(current.pid if current is not None and alive else None, procs)
+        replicas = tuple(tree_usage(m.pid if m.running() else None, procs) for m in self.monitors())
+        monitor = combined(replicas)
+        latest = [scraper.latest for scraper in self.scrapers]
+        rooms: float | None = None
+        if monitor.alive and all(scrape is not None for scrape in latest):
+            rooms = sum(scrape.exposition.rooms_watched for scrape in latest if scrape is not None)
         cpu: dict[str, float] = {}
         rss: dict[str, int] = {}
         for part, pid in pids.items():
@@ -146,7 +160,6 @@ class _Sampler:
         cpu["bench"] = times.user + times.system
         rss["bench"] = _own_rss()
         busy, total = machine_cpu_ticks()
-        latest = self.scraper.latest
         sample = Sample(
             t=time.time(),
             monitor=monitor,
@@ -155,7 +168,8 @@ class _Sampler:
             machine_busy_ticks=busy,
             machine_total_ticks=total,
             live_calls=self.live(),
-            rooms_watched=latest.exposition.rooms_watched if latest and alive else None,
+            rooms_watched=rooms,
+            replicas=replicas,
         )
         self.samples.append(sample)
         return sample
@@ -182,6 +196,13 @@ async def _scrape(scraper: Scraper) -> Exposition | None:
     return found.exposition if found is not None else None
 
 
+async def _scrape_all(scrapers: Sequence[Scraper]) -> list[Exposition] | None:
+    """One scrape of every replica; None unless every one answered."""
+    found = await asyncio.gather(*(_scrape(scraper) for scraper in scrapers))
+    answered = [exposition for exposition in found if exposition is not None]
+    return answered if len(answered) == len(found) else None
+
+
 async def _room_count(lkapi: api.LiveKitAPI) -> int | None:
     try:
         return len((await lkapi.room.list_rooms(api.ListRoomsRequest())).rooms)
@@ -191,9 +212,10 @@ async def _room_count(lkapi: api.LiveKitAPI) -> int | None:
 
 def run_cell(plan: CellPlan, say: Say) -> dict[str, Any]:
     """Run one cell on a stack of its own; return its results (JSON-ready)."""
-    port = free_port()
+    ports = [free_port() for _ in range(plan.shards)]
     config = StackConfig(
-        webhook_urls=[f"http://127.0.0.1:{port}/webhook"],
+        # livekit-server sends every webhook to every replica.
+        webhook_urls=[f"http://127.0.0.1:{port}/webhook" for port in ports],
         webhook_events=plan.webhook_events,
         # livekit-server's defaults: an ended call's room lingers 20 s, as in production.
         empty_timeout=300,
@@ -204,23 +226,25 @@ def run_cell(plan: CellPlan, say: Say) -> dict[str, Any]:
         sim_args=("--single-pc",) if plan.size > 1000 else (),
     )
     with Stack.start(config, report=say) as stack:
-        return asyncio.run(_Cell(plan, stack, port, say).run())
+        return asyncio.run(_Cell(plan, stack, ports, say).run())
 
 
 class _Cell:
-    def __init__(self, plan: CellPlan, stack: Stack, port: int, say: Say) -> None:
+    def __init__(self, plan: CellPlan, stack: Stack, ports: Sequence[int], say: Say) -> None:
         self.plan = plan
         self.stack = stack
-        self.port = port
+        self.ports = list(ports)  # one per replica, in shard order
         self.say = say
         self.ledger = LedgerTail(stack.ledger_path)
-        self.monitor: MonitorProcess | None = None
-        self.scraper = Scraper(port, plan.slow_scrape)
-        self.boundaries: dict[str, tuple[float, Exposition | None]] = {}
+        self.monitors: list[MonitorProcess] = []
+        self.scrapers = [Scraper(port, plan.slow_scrape) for port in ports]
+        # Per phase boundary: when, and every replica's scrape (None if one failed).
+        self.boundaries: dict[str, tuple[float, list[Exposition] | None]] = {}
         self.result: dict[str, Any] = {
             "size": plan.size,
             "mix": plan.mix.name,
             "mode": plan.mode,
+            "shards": plan.shards,
             "stack_run": stack.run_id,
             "logs_dir": str(stack.logs_dir),
             "reconcile_seconds": float(
@@ -230,11 +254,11 @@ class _Cell:
             "observer": plan.monitor_env.get("CALL_MONITOR_OBSERVER", "signal"),
         }
 
-    def _env(self) -> dict[str, str]:
-        return {
+    def _env(self, shard: int) -> dict[str, str]:
+        env = {
             **os.environ,
             **self.stack.env(),
-            "CALL_MONITOR_HTTP_PORT": str(self.port),
+            "CALL_MONITOR_HTTP_PORT": str(self.ports[shard]),
             "CALL_MONITOR_LOG_FORMAT": "json",
             "CALL_MONITOR_LOG_LEVEL": "info",
             "CALL_MONITOR_ROOM_MODE": self.plan.mode,
@@ -246,9 +270,33 @@ class _Cell:
             "PYTHONPYCACHEPREFIX": str(PYCACHE),
             **self.plan.monitor_env,
         }
+        if self.plan.shards > 1:
+            env["CALL_MONITOR_SHARDS"] = str(self.plan.shards)
+            env["CALL_MONITOR_SHARD"] = str(shard)
+            env["CALL_MONITOR_INSTANCE"] = f"bench-{shard}"
+            journal = env.get("CALL_MONITOR_JOURNAL")
+            if journal:  # a journal is one replica's: its own file each
+                path = Path(journal)
+                env["CALL_MONITOR_JOURNAL"] = str(path.with_stem(f"{path.stem}-{shard}"))
+        return env
+
+    def _log_path(self, shard: int, start: int) -> Path:
+        """Replica `shard`'s log at its `start`-th start (2: after the restart); one
+        monitor keeps the names of the runs before shards."""
+        if self.plan.shards == 1:
+            return self.stack.logs_dir / f"monitor-{start}.jsonl"
+        return self.stack.logs_dir / f"monitor-shard{shard}-{start}.jsonl"
+
+    def _start_monitors(self, start: int) -> None:
+        self.monitors = [
+            MonitorProcess(self._env(shard), port, self._log_path(shard, start))
+            for shard, port in enumerate(self.ports)
+        ]
+        for monitor in self.monitors:
+            monitor.start()
 
     async def _mark(self, name: str) -> None:
-        self.boundaries[name] = (time.time(), await _scrape(self.scraper))
+        self.boundaries[name] = (time.time(), await _scrape_all(self.scrapers))
 
     async def run(self) -> dict[str, Any]:
         plan = self.plan
@@ -265,14 +313,13 @@ class _Cell:
                     )
                 )
             )
-            self.monitor = MonitorProcess(
-                self._env(), self.port, self.stack.logs_dir / "monitor-1.jsonl"
+            self._start_monitors(1)
+            ready = await asyncio.gather(
+                *(asyncio.to_thread(monitor.wait_ready) for monitor in self.monitors)
             )
-            self.monitor.start()
-            self.result["monitor_ready_s"] = round(
-                await asyncio.to_thread(self.monitor.wait_ready), 2
-            )
-            self.scraper.start()
+            self.result["monitor_ready_s"] = round(max(ready), 2)
+            for scraper in self.scrapers:
+                scraper.start()
             generator = LoadGenerator(
                 lkapi,
                 trunk.sip_trunk_id,
@@ -282,7 +329,7 @@ class _Cell:
                 ramp_rate=plan.ramp_rate,
                 max_rate=plan.max_rate,
             )
-            sampler = _Sampler(self.stack, lambda: self.monitor, generator.live, self.scraper)
+            sampler = _Sampler(self.stack, lambda: self.monitors, generator.live, self.scrapers)
             sampler_task = asyncio.create_task(sampler.run())
             await asyncio.sleep(3.0)  # idle baseline
             self.result["baseline"] = phase_usage(sampler.samples, 0.0, time.time(), plan.cores) | {
@@ -305,9 +352,9 @@ class _Cell:
             if sampler_task is not None:
                 sampler_task.cancel()
             follow.cancel()
-            self.scraper.stop()
-            if self.monitor is not None:
-                await asyncio.to_thread(self.monitor.stop)
+            for scraper in self.scrapers:
+                scraper.stop()
+            await asyncio.gather(*(asyncio.to_thread(m.stop) for m in self.monitors))
             await lkapi.aclose()
             await poll_api.aclose()
         self._analyze(sampler)
@@ -349,15 +396,19 @@ class _Cell:
             t0 = time.time()
             extra: dict[str, Any] = {"rooms_listed_start": await _room_count(poll_api)}
             if name == "latency":
-                self.scraper.recording = True
-                self.scraper.set_interval(plan.fast_scrape)
+                for scraper in self.scrapers:
+                    scraper.recording = True
+                    scraper.set_interval(plan.fast_scrape)
                 await asyncio.sleep(seconds)
-                self.scraper.set_interval(plan.slow_scrape)
-                self.scraper.recording = False
-                polls = [s.poll() for s in self.scraper.take_recorded()]
+                for scraper in self.scrapers:
+                    scraper.set_interval(plan.slow_scrape)
+                    scraper.recording = False
+                # Per replica: its counters are matched with its own log.
+                polls = [[s.poll() for s in scraper.take_recorded()] for scraper in self.scrapers]
                 extra["polls"] = polls
-                extra["scrapes_per_s"] = round(len(polls) / seconds, 1)
-                extra["metrics_body_bytes"] = self.scraper.body_bytes
+                # Of all the replicas: the main processes' CPU in this phase is summed too.
+                extra["scrapes_per_s"] = round(sum(map(len, polls)) / seconds, 1)
+                extra["metrics_body_bytes"] = max(s.body_bytes for s in self.scrapers)
             elif name == "quiet":
                 extra.update(await self._quiet(seconds))
             else:
@@ -375,18 +426,33 @@ class _Cell:
     def _progress(self, phase: Mapping[str, Any]) -> None:
         cpu = phase.get("cpu_cores", {})
         rss = phase.get("rss_bytes", {})
+        replicas = ""
+        if self.plan.shards > 1:
+            each = [_get(r, "cpu_cores", "monitor") for r in phase.get("replicas", [])]
+            replicas = f" (replicas {' / '.join(str(c) for c in each)})"
         self.say(
             f"{self.plan.name}:   live {phase.get('live_calls_mean')}, monitor "
-            f"{cpu.get('monitor')} cores {_bytes_mib(rss.get('monitor_mean'))} MiB, livekit "
-            f"{cpu.get('livekit')} cores, sipsim {cpu.get('sipsim')}, machine "
+            f"{cpu.get('monitor')} cores{replicas} {_bytes_mib(rss.get('monitor_mean'))} MiB, "
+            f"livekit {cpu.get('livekit')} cores, sipsim {cpu.get('sipsim')}, machine "
             f"{cpu.get('machine_busy')} (others {cpu.get('others')})"
         )
 
     def _events(self, phase: dict[str, Any], name: str) -> None:
-        t0, start = self.boundaries.get(name, (0.0, None))
-        t1, end = self.boundaries.get(name + "_end", (0.0, None))
-        if start is None or end is None or t1 <= t0:
+        t0, starts = self.boundaries.get(name, (0.0, None))
+        t1, ends = self.boundaries.get(name + "_end", (0.0, None))
+        if starts is None or ends is None or t1 <= t0:
             return
+        # Every webhook reaches every replica: each one's by result (`other_shard`: a
+        # room another replica owns, verified and dropped).
+        phase["webhooks_by_replica"] = [
+            {
+                result: round((count - start.webhooks.get(result, 0.0)) / (t1 - t0), 3)
+                for result, count in sorted(end.webhooks.items())
+                if count > start.webhooks.get(result, 0.0)
+            }
+            for start, end in zip(starts, ends, strict=True)
+        ]
+        start, end = combined_scrapes(starts), combined_scrapes(ends)
         phase["events_per_s"] = round((end.events - start.events) / (t1 - t0), 2)
         phase["events_per_s_by_source"] = {
             source: round((value - start.events_by_source.get(source, 0.0)) / (t1 - t0), 2)
@@ -407,7 +473,9 @@ class _Cell:
     async def _quiet(self, seconds: float) -> dict[str, Any]:
         plan = self.plan
         extra: dict[str, Any] = {}
-        if plan.profile_seconds > 0 and self.monitor is not None and self.monitor.pid:
+        # With shards, replica 0's main process: they do the same work.
+        pid = self.monitors[0].pid if self.monitors else None
+        if plan.profile_seconds > 0 and pid:
             output = plan.out_dir / f"profile-{plan.name}-{int(time.time())}.txt"
             profile_for = min(plan.profile_seconds, seconds)
             self.say(
@@ -415,7 +483,7 @@ class _Cell:
                 "with py-spy"
             )
             started = time.monotonic()
-            status, tail = await record(plan.profile_command, self.monitor.pid, profile_for, output)
+            status, tail = await record(plan.profile_command, pid, profile_for, output)
             left = seconds - (time.monotonic() - started)
             if left > 0:
                 await asyncio.sleep(left)
@@ -465,22 +533,21 @@ class _Cell:
         }
 
     async def _restart(self, sampler: _Sampler) -> dict[str, Any]:
-        """Kill the monitor, leave it away, start it again; time until it knows every
-        live call again."""
+        """Kill the monitor (every replica), leave it away, start it again; time until
+        it knows every live call again."""
         plan = self.plan
         away = dict(plan.phase_seconds())["away"]
-        assert self.monitor is not None
         self.say(f"{plan.name}: killing the monitor (SIGKILL to its process group), {away:.0f} s")
-        self.scraper.paused = True
-        await asyncio.to_thread(self.monitor.kill)
+        for scraper in self.scrapers:
+            scraper.paused = True
+        # Every replica at once: livekit-server's CPU without any monitor, and the
+        # restart of the whole monitor, as with one replica.
+        await asyncio.gather(*(asyncio.to_thread(m.kill) for m in self.monitors))
         t_kill = time.time()
         await asyncio.sleep(away)
         t_restart = time.time()
         usage = phase_usage(sampler.samples, t_kill + 2.0, t_restart, plan.cores)
-        self.monitor = MonitorProcess(
-            self._env(), self.port, self.stack.logs_dir / "monitor-2.jsonl"
-        )
-        self.monitor.start()
+        self._start_monitors(2)
         ready_at: float | None = None
         covered_at: float | None = None
         gauge_at: float | None = None
@@ -489,7 +556,9 @@ class _Cell:
         while time.time() < deadline and (covered_at is None or ready_at is None):
             await asyncio.sleep(0.1)
             now = time.time()
-            if ready_at is None and await asyncio.to_thread(self.monitor.ready):
+            if ready_at is None and all(
+                await asyncio.gather(*(asyncio.to_thread(m.ready) for m in self.monitors))
+            ):
                 ready_at = now
             if covered_at is not None:
                 continue
@@ -501,16 +570,21 @@ class _Cell:
             }
             # /calls takes the hook's own read-only token, minutes of life: one per poll.
             token = mint_hook_token(self.stack.api_key, self.stack.api_secret, CALLS)
-            known = await asyncio.to_thread(_monitor_calls, self.monitor.url, token)
-            if known is None:
+            answers = await asyncio.gather(
+                *(asyncio.to_thread(_monitor_calls, m.url, token) for m in self.monitors)
+            )
+            if any(answer is None for answer in answers):
                 continue
+            # Each replica lists the calls of its own rooms.
+            known = set().union(*(answer or set() for answer in answers))
             covered = len(wanted & known)
             coverage.append((round(now - t_restart, 2), covered, len(wanted)))
             if gauge_at is None and len(known) >= len(wanted):
                 gauge_at = now
             if covered_at is None and covered == len(wanted):
                 covered_at = now
-        self.scraper.paused = False
+        for scraper in self.scrapers:
+            scraper.paused = False
         self.say(
             f"{plan.name}: monitor back: ready after "
             f"{_since(ready_at, t_restart)} s, every live call listed after "
@@ -531,10 +605,12 @@ class _Cell:
         result = self.result
         phases: dict[str, Any] = result.get("phases", {})
         truths = self.ledger.calls
-        first_log = read_monitor_log(self.stack.logs_dir / "monitor-1.jsonl")
+        logs = [read_monitor_log(self._log_path(shard, 1)) for shard in range(plan.shards)]
+        first_log = merged(logs)
         latency_phase = phases.get("latency", {})
         polls = latency_phase.pop("polls", [])
-        result["latency_metrics"] = metrics_latency(polls, first_log, truths)
+        result["latency_metrics"] = metrics_latency(list(zip(polls, logs, strict=False)), truths)
+        result["shard_check"] = _shard_check(logs)
         measured = [p["window"] for p in phases.values() if "window" in p]
         if measured:
             window = (measured[0][0], measured[-1][1])
@@ -574,8 +650,26 @@ def _since(at: float | None, t0: float) -> float | None:
     return None if at is None else round(at - t0, 2)
 
 
-def _monitor_rss(sample: Sample) -> dict[str, int]:
-    return {"monitor": sample.monitor.rss_bytes, "monitor_main": sample.monitor.main_rss_bytes}
+def _monitor_rss(sample: Sample) -> dict[str, Any]:
+    rss: dict[str, Any] = {
+        "monitor": sample.monitor.rss_bytes,
+        "monitor_main": sample.monitor.main_rss_bytes,
+    }
+    if len(sample.replicas) > 1:
+        rss["replicas"] = [tree.rss_bytes for tree in sample.replicas]
+    return rss
+
+
+def _shard_check(logs: Sequence[MonitorLog]) -> dict[str, int]:
+    """Each call should start in one replica's log only (its room's owner's)."""
+    seen: dict[str, int] = {}
+    for log in logs:
+        for call_id in {line.call_id for line in log.lines.get(STARTED, [])}:
+            seen[call_id] = seen.get(call_id, 0) + 1
+    return {
+        "calls_started": len(seen),
+        "in_two_replicas_or_more": sum(1 for count in seen.values() if count > 1),
+    }
 
 
 def _monitor_calls(url: str, token: str) -> set[str] | None:
@@ -597,6 +691,77 @@ def _get(doc: Mapping[str, Any], *path: str) -> Any:
         if not isinstance(found, Mapping):
             return None
         found = found.get(key)
+    return found
+
+
+# The phases whose monitor CPU is the calls' alone (the poller runs in the bench).
+_STEADY = ("quiet", "poll_1s", "poll_100ms")
+
+
+def _replica_view(phase: Mapping[str, Any]) -> tuple[list[Any], list[Any] | None]:
+    """A phase's usage per replica and webhooks per second by result per replica.
+    Cells from before shards: the monitor's totals as its one replica, its webhooks
+    under no result (one monitor drops none as another shard's)."""
+    usage = phase.get("replicas")
+    if not isinstance(usage, list) or not usage:
+        usage = [{"cpu_cores": phase.get("cpu_cores"), "rss_bytes": phase.get("rss_bytes")}]
+    webhooks = phase.get("webhooks_by_replica")
+    if not isinstance(webhooks, list):
+        total = phase.get("webhooks_per_s")
+        webhooks = [{"": total}] if isinstance(total, int | float) and len(usage) == 1 else None
+    return usage, webhooks
+
+
+def _derive_replicas(cell: Mapping[str, Any], quiet: Mapping[str, Any]) -> dict[str, Any]:
+    """Per replica: cores and MiB in the quiet phase; webhooks received and the share
+    dropped as another shard's, and the main process's CPU per webhook received, over
+    the steady phases (a few quiet seconds see few webhooks)."""
+    usage, _ = _replica_view(quiet)
+    cores = [_get(r, "cpu_cores", "monitor") for r in usage]
+    found: dict[str, Any] = {
+        "shards": int(cell.get("shards") or 1),
+        "replica_cpu_cores": cores,
+        "replica_main_cpu_cores": [_get(r, "cpu_cores", "monitor_main") for r in usage],
+        "replica_rss_mib": [_bytes_mib(_get(r, "rss_bytes", "monitor_max")) for r in usage],
+    }
+    if all(isinstance(c, int | float) for c in cores):
+        found["replica_cpu_cores_max"] = max(cores)
+    n = len(usage)
+    seconds = 0.0
+    received, dropped, mains = [0.0] * n, [0.0] * n, [0.0] * n
+    for name in _STEADY:
+        phase = _get(cell, "phases", name)
+        if not isinstance(phase, Mapping) or not phase.get("seconds"):
+            continue
+        each, webhooks = _replica_view(phase)
+        main = [_get(r, "cpu_cores", "monitor_main") for r in each]
+        if webhooks is None or len(webhooks) != n or len(main) != n:
+            continue
+        if not all(isinstance(m, int | float) for m in main):
+            continue  # a replica restarted or was down
+        length = float(phase["seconds"])
+        seconds += length
+        for i in range(n):
+            received[i] += sum(webhooks[i].values()) * length
+            dropped[i] += webhooks[i].get("other_shard", 0.0) * length
+            mains[i] += main[i] * length
+    if not seconds:
+        return found
+    received = [r / seconds for r in received]
+    mains = [m / seconds for m in mains]
+    found["replica_webhooks_per_s"] = [round(r, 2) for r in received]
+    found["replica_other_shard_share"] = [
+        round(d / seconds / r, 4) if r else None for d, r in zip(dropped, received, strict=True)
+    ]
+    found["other_shard_webhooks_per_s"] = round(sum(dropped) / seconds, 2)
+    found["steady_main_cpu_cores"] = round(sum(mains), 4)
+    # All the main process's work over the webhooks it received: an upper bound of
+    # what one costs, driven down by the share that are another shard's.
+    found["replica_main_cpu_ms_per_webhook"] = [
+        round(m / r * 1000, 3) if r else None for m, r in zip(mains, received, strict=True)
+    ]
+    if sum(received):
+        found["main_cpu_ms_per_webhook"] = round(sum(mains) / sum(received) * 1000, 3)
     return found
 
 
@@ -630,11 +795,12 @@ def derive(cell: Mapping[str, Any]) -> dict[str, Any]:
         derived["observer_rss_per_joined_room_mib"] = round((obs_now - obs_base) / rooms / 2**20, 2)
     if rooms and isinstance(cpu.get("observers"), int | float):
         derived["observer_cpu_per_joined_room_pct"] = round(cpu["observers"] / rooms * 100, 3)
+    derived.update(_derive_replicas(cell, quiet))
     # Events and CPU over the steady phases (quiet and both polls: the poller runs in the
     # bench, not in the monitor), weighted by their length.
     steady = [
         p
-        for name in ("quiet", "poll_1s", "poll_100ms")
+        for name in _STEADY
         if isinstance(p := _get(cell, "phases", name), Mapping)
         and isinstance(p.get("events_per_s"), int | float)
         and isinstance(_get(p, "cpu_cores", "monitor"), int | float)

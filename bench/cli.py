@@ -1,7 +1,8 @@
 """`python -m bench`: the benchmark command (see bench/README.md).
 
-Runs a cell (bench/cell.py) per size, mix and room mode, sizes from small to large; a
-mix and mode whose cell the machine did not carry are not run at larger sizes. After
+Runs a cell (bench/cell.py) per size, mix, room mode and number of shards, sizes from
+small to large; a mix and mode (and shards) whose cell the machine did not carry are not
+run at larger sizes. After
 every cell the run's JSON file in the output folder is rewritten, and RESULTS.md is
 regenerated from every JSON file there.
 """
@@ -60,14 +61,22 @@ def _list(text: str, allowed: Sequence[str] | None = None) -> list[str]:
     return items
 
 
-def _sizes(text: str) -> list[int]:
+def _counts(text: str, what: str, example: str) -> list[int]:
     try:
-        sizes = sorted({int(item) for item in _list(text)})
+        counts = sorted({int(item) for item in _list(text)})
     except ValueError:
-        raise argparse.ArgumentTypeError("sizes are whole numbers: 100,500,1000") from None
-    if not sizes or sizes[0] < 1:
-        raise argparse.ArgumentTypeError("sizes must be 1 or more")
-    return sizes
+        raise argparse.ArgumentTypeError(f"{what} are whole numbers: {example}") from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"{what} must be 1 or more")
+    return counts
+
+
+def _sizes(text: str) -> list[int]:
+    return _counts(text, "sizes", "100,500,1000")
+
+
+def _shards(text: str) -> list[int]:
+    return _counts(text, "shards", "1,3")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -152,6 +161,15 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="extra environment for the monitor, e.g. CALL_MONITOR_RECONCILE_SECONDS=10",
+    )
+    parser.add_argument(
+        "--shards",
+        type=_shards,
+        default=[1],
+        help=(
+            "monitor replicas sharing the rooms (CALL_MONITOR_SHARDS), each sent every "
+            "webhook; comma separated to run each, e.g. 1,3 (default 1)"
+        ),
     )
     parser.add_argument(
         "--report-only",
@@ -282,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sizes": args.sizes,
             "mixes": {name: MIXES[name].description for name in args.mixes},
             "modes": args.modes,
+            "shards": args.shards,
             "duration_s": args.duration,
             "ramp_rate": args.ramp_rate,
             "max_rate": args.max_rate,
@@ -299,62 +318,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     cores = int(machine.get("cores") or 2)  # type: ignore[call-overload]
     say(
         f"run {run_path.name}: sizes {args.sizes}, mixes {args.mixes}, modes {args.modes}, "
-        f"{args.duration:.0f} s per cell; load average {run['load_average']['before']}"
+        f"shards {args.shards}, {args.duration:.0f} s per cell; load average "
+        f"{run['load_average']['before']}"
     )
     profile_command = tuple(default_command()) if args.profile > 0 else ()
     try:
-        for size in args.sizes:
-            for mix in args.mixes:
-                for mode in args.modes:
-                    series = f"{mix}/{mode}"
-                    if series in run["stopped"]:
-                        continue
-                    plan = CellPlan(
-                        size=size,
-                        mix=MIXES[mix],
-                        mode=mode,
-                        duration=args.duration,
-                        # No faster than 1.5 times the steady rate: a burst of joins at
-                        # the start would still be queued when measuring begins.
-                        ramp_rate=min(
-                            args.ramp_rate,
-                            max(1.0, 1.5 * placements_needed(MIXES[mix], size)),
-                        ),
-                        max_rate=args.max_rate,
-                        out_dir=out_dir,
-                        fast_scrape=args.fast_scrape,
-                        profile_seconds=args.profile,
-                        profile_command=profile_command,
-                        monitor_env=monitor_env,
-                        webhook_events=WEBHOOK_EVENTS_USED if args.webhook_filter else (),
-                        cores=cores,
-                    )
-                    say(f"cell {plan.name}: starting")
-                    try:
-                        cell = run_cell(plan, say)
-                    except Exception as error:  # one broken cell must not lose the others
-                        say(f"cell {plan.name} failed: {type(error).__name__}: {error}")
-                        cell = {
-                            "size": size,
-                            "mix": mix,
-                            "mode": mode,
-                            "carried": False,
-                            "limit": {"component": "bench", "evidence": [f"{error}"[:500]]},
-                            "error": f"{type(error).__name__}: {error}"[:2000],
-                        }
-                    run["cells"].append(cell)
-                    if not cell.get("carried"):
-                        limit = cell.get("limit") or {}
-                        run["stopped"][series] = (
-                            f"at {size}: {limit.get('component')}: "
-                            + "; ".join(limit.get("evidence", []))
-                        )
-                        say(f"cell {plan.name}: NOT carried ({run['stopped'][series]})")
-                    else:
-                        say(f"cell {plan.name}: carried")
-                    run["load_average"]["after"] = loadavg()
-                    run["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-                    _write(run, run_path, results_md)
+        cells = [
+            (size, mix, mode, shards)
+            for size in args.sizes
+            for mix in args.mixes
+            for mode in args.modes
+            for shards in args.shards
+        ]
+        for size, mix, mode, shards in cells:
+            # One replica's series keeps the name it had before shards.
+            series = f"{mix}/{mode}" + (f"/{shards} shards" if shards > 1 else "")
+            if series in run["stopped"]:
+                continue
+            plan = CellPlan(
+                size=size,
+                mix=MIXES[mix],
+                mode=mode,
+                duration=args.duration,
+                # No faster than 1.5 times the steady rate: a burst of joins at
+                # the start would still be queued when measuring begins.
+                ramp_rate=min(
+                    args.ramp_rate,
+                    max(1.0, 1.5 * placements_needed(MIXES[mix], size)),
+                ),
+                max_rate=args.max_rate,
+                out_dir=out_dir,
+                fast_scrape=args.fast_scrape,
+                profile_seconds=args.profile,
+                profile_command=profile_command,
+                monitor_env=monitor_env,
+                webhook_events=WEBHOOK_EVENTS_USED if args.webhook_filter else (),
+                cores=cores,
+                shards=shards,
+            )
+            say(f"cell {plan.name}: starting")
+            try:
+                cell = run_cell(plan, say)
+            except Exception as error:  # one broken cell must not lose the others
+                say(f"cell {plan.name} failed: {type(error).__name__}: {error}")
+                cell = {
+                    "size": size,
+                    "mix": mix,
+                    "mode": mode,
+                    "shards": shards,
+                    "carried": False,
+                    "limit": {"component": "bench", "evidence": [f"{error}"[:500]]},
+                    "error": f"{type(error).__name__}: {error}"[:2000],
+                }
+            run["cells"].append(cell)
+            if not cell.get("carried"):
+                limit = cell.get("limit") or {}
+                run["stopped"][series] = f"at {size}: {limit.get('component')}: " + "; ".join(
+                    limit.get("evidence", [])
+                )
+                say(f"cell {plan.name}: NOT carried ({run['stopped'][series]})")
+            else:
+                say(f"cell {plan.name}: carried")
+            run["load_average"]["after"] = loadavg()
+            run["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            _write(run, run_path, results_md)
     except KeyboardInterrupt:
         say("interrupted; writing what was measured")
         run["interrupted"] = True

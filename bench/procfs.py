@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ __all__ = [
     "ProcStat",
     "TreeUsage",
     "all_processes",
+    "combined",
     "descendants",
     "loadavg",
     "machine_cpu_ticks",
@@ -121,6 +122,19 @@ def tree_usage(root: int | None, processes: Mapping[int, ProcStat]) -> TreeUsage
         main.cpu_ticks / CLOCK_TICKS,
         main.rss_bytes,
         1 + len(pids),
+    )
+
+
+def combined(trees: Sequence[TreeUsage]) -> TreeUsage:
+    """Several monitor replicas' trees as one: sums, alive only while every one is (a
+    sum with a replica missing would look like a drop in CPU time)."""
+    return TreeUsage(
+        bool(trees) and all(t.alive for t in trees),
+        sum(t.cpu_seconds for t in trees),
+        sum(t.rss_bytes for t in trees),
+        sum(t.main_cpu_seconds for t in trees),
+        sum(t.main_rss_bytes for t in trees),
+        sum(t.processes for t in trees),
     )
 
 

@@ -1,8 +1,8 @@
 """bench/RESULTS.md from the JSON files in bench/results/: pure functions of their data.
 
 Every run is one JSON file; the Markdown has the targets (met or by how much missed),
-then one section per run, newest first, then bench/notes.md (hand-written: what the
-profile showed, caveats) as it is.
+one monitor next to several shards, then one section per run, newest first, then
+bench/notes.md (hand-written: what the profile showed, caveats) as it is.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["evaluate_targets", "fmt", "load_runs", "render", "table", "target_cells"]
+__all__ = [
+    "evaluate_targets",
+    "fmt",
+    "load_runs",
+    "render",
+    "shard_pairs",
+    "table",
+    "target_cells",
+]
 
 TARGET_SIZE = 1000
 RECONCILE_TARGET = "reconciliation's load on livekit-server below polling every 1 s, every size"
@@ -55,8 +63,19 @@ def _get(doc: Any, *path: str) -> Any:
     return doc
 
 
+def _shards(cell: Mapping[str, Any]) -> int:
+    """Monitor replicas in a cell; cells from before shards had one."""
+    return int(cell.get("shards") or 1)
+
+
+def _mode(cell: Mapping[str, Any]) -> str:
+    """The room mode, with the shards when there were several."""
+    shards = _shards(cell)
+    return str(cell.get("mode")) + (f" ({shards} shards)" if shards > 1 else "")
+
+
 def _cell_name(cell: Mapping[str, Any]) -> str:
-    return f"{cell.get('size')} calls, {cell.get('mix')}, {cell.get('mode')}"
+    return f"{cell.get('size')} calls, {cell.get('mix')}, {_mode(cell)}"
 
 
 def _pick(cells: Sequence[Mapping[str, Any]], mix: str, mode: str) -> Mapping[str, Any] | None:
@@ -91,14 +110,14 @@ def _where(cell: Mapping[str, Any]) -> str:
 
 def target_cells(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """The cells the targets are judged on, newest run first: those of full runs with
-    the default observer (runs that record none used the rtc observer); each carries
-    its run's name."""
+    the default observer (runs that record none used the rtc observer) and one monitor
+    (the targets are one replica's); each carries its run's name."""
     return [
         {**cell, "run": name}
         for name, run in runs
         if not run.get("quick")
         for cell in run.get("cells") or []
-        if cell.get("observer") == "signal"
+        if cell.get("observer") == "signal" and _shards(cell) == 1
     ]
 
 
@@ -310,7 +329,7 @@ def _run_section(run: Mapping[str, Any], name: str) -> str:
                 [
                     c.get("size"),
                     c.get("mix"),
-                    c.get("mode"),
+                    _mode(c),
                     fmt(c.get("live_calls_mean"), 0),
                     fmt(_get(c, "load", "placed")),
                     fmt(_get(c, "load", "calls_per_second"), 1),
@@ -344,7 +363,7 @@ def _run_section(run: Mapping[str, Any], name: str) -> str:
     for c in cells:
         by = _get(c, "latency_metrics", "by_change_ms") or {}
         log_by = _get(c, "latency_log", "by_change_ms") or {}
-        row: list[object] = [c.get("size"), c.get("mix"), c.get("mode")]
+        row: list[object] = [c.get("size"), c.get("mix"), _mode(c)]
         for key, _label in changes:
             s = by.get(key) or {}
             row.append(
@@ -401,7 +420,7 @@ def _run_section(run: Mapping[str, Any], name: str) -> str:
                 [
                     c.get("size"),
                     c.get("mix"),
-                    c.get("mode"),
+                    _mode(c),
                     fmt(_get(c, "derived", "monitor_cpu_cores"), 3),
                     fmt(_get(c, "derived", "monitor_main_cpu_cores"), 3),
                     fmt(_get(c, "phases", "quiet", "cpu_cores", "observers"), 3),
@@ -449,7 +468,7 @@ def _run_section(run: Mapping[str, Any], name: str) -> str:
                 [
                     c.get("size"),
                     c.get("mix"),
-                    c.get("mode"),
+                    _mode(c),
                     fmt(_get(c, "derived", "livekit_cpu_without_monitor"), 3),
                     fmt(_get(c, "derived", "livekit_cpu_quiet"), 3),
                     fmt(_get(c, "derived", "livekit_cpu_poll_1s"), 3),
@@ -483,7 +502,7 @@ def _run_section(run: Mapping[str, Any], name: str) -> str:
                 [
                     c.get("size"),
                     c.get("mix"),
-                    c.get("mode"),
+                    _mode(c),
                     phase.removeprefix("poll_"),
                     *[
                         f"{_ms(lat.get(s), 'p50')} / {_ms(lat.get(s))}"
@@ -525,6 +544,146 @@ def _run_section(run: Mapping[str, Any], name: str) -> str:
             out += ["", title, ""]
             out.append(_profile_text(profile))
     return "\n".join(out)
+
+
+def shard_pairs(
+    runs: Sequence[tuple[str, Mapping[str, Any]]],
+) -> list[tuple[Mapping[str, Any], Mapping[str, Any] | None]]:
+    """Per size, mix, mode, observer and N > 1 shards: the newest N-shard cell and the
+    newest one-monitor cell like it (None if there is none), newest first; each cell
+    carries its run's name. Cells that failed (no `derived`) are left out."""
+    cells = [
+        {**cell, "run": name}
+        for name, run in runs
+        for cell in run.get("cells") or []
+        if isinstance(cell.get("derived"), Mapping)
+    ]
+
+    def key(cell: Mapping[str, Any]) -> tuple[object, ...]:
+        return (cell.get("size"), cell.get("mix"), cell.get("mode"), cell.get("observer", "rtc"))
+
+    pairs: list[tuple[Mapping[str, Any], Mapping[str, Any] | None]] = []
+    seen: set[tuple[object, ...]] = set()
+    for cell in cells:
+        shards = _shards(cell)
+        if shards == 1 or (*key(cell), shards) in seen:
+            continue
+        seen.add((*key(cell), shards))
+        one = next((c for c in cells if _shards(c) == 1 and key(c) == key(cell)), None)
+        pairs.append((cell, one))
+    return pairs
+
+
+def _each(values: object, digits: int, scale: float = 1.0, unit: str = "") -> str:
+    """A per-replica list as "a / b / c"."""
+    if not isinstance(values, list) or not values:
+        return "-"
+    return " / ".join(fmt(v * scale if _number(v) else None, digits, unit) for v in values)
+
+
+def _dropped_cost_ms(sharded: Mapping[str, Any], one: Mapping[str, Any] | None) -> float | None:
+    """The main processes' CPU the shards add over one monitor, each replica's idle
+    baseline taken off, per webhook they drop as another shard's (ms): an estimate of
+    what verifying and dropping one costs."""
+    if one is None:
+        return None
+
+    def busy_main(cell: Mapping[str, Any]) -> float | None:
+        main = _get(cell, "derived", "steady_main_cpu_cores")
+        idle = _get(cell, "baseline", "cpu_cores", "monitor_main")
+        return float(main) - float(idle) if _number(main) and _number(idle) else None
+
+    added = [busy_main(sharded), busy_main(one)]
+    dropped = _get(sharded, "derived", "other_shard_webhooks_per_s")
+    if added[0] is None or added[1] is None or not _number(dropped) or not dropped:
+        return None
+    return (added[0] - added[1]) / float(dropped) * 1000
+
+
+def _dropped_text(ms: float | None) -> str:
+    # Below zero the difference of the two cells is noise, not a cost.
+    return "below noise" if ms is not None and ms < 0 else fmt(ms, 3)
+
+
+def _shards_section(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    pairs = shard_pairs(runs)
+    if not pairs:
+        return []
+    counts = sorted({_shards(sharded) for sharded, _ in pairs})
+    rows: list[list[object]] = []
+    for sharded, one in pairs:
+        dropped = _dropped_cost_ms(sharded, one)
+        for c in (one, sharded):
+            if c is None:
+                continue
+            d = c.get("derived") or {}
+            check = c.get("shard_check") or {}
+            rows.append(
+                [
+                    f"{c.get('size')}, {c.get('mix')}, {c.get('mode')}",
+                    _shards(c),
+                    c.get("run"),
+                    fmt(c.get("live_calls_mean"), 0),
+                    fmt(d.get("monitor_cpu_cores"), 3),
+                    fmt(d.get("replica_cpu_cores_max"), 3),
+                    _each(d.get("replica_cpu_cores"), 3),
+                    fmt(d.get("monitor_rss_mib"), 0),
+                    _each(d.get("replica_rss_mib"), 0),
+                    _ms(_get(c, "latency_metrics", "target_changes_ms")),
+                    _ms(_get(c, "latency_log", "target_changes_ms")),
+                    _each(d.get("replica_webhooks_per_s"), 1),
+                    _each(d.get("replica_other_shard_share"), 0, 100, "%"),
+                    fmt(d.get("main_cpu_ms_per_webhook"), 3),
+                    _dropped_text(dropped) if c is sharded else "",
+                    fmt(d.get("livekit_cpu_quiet"), 3),
+                    f"{check['calls_started']:,} / {check['in_two_replicas_or_more']}"
+                    if check
+                    else "-",
+                ]
+            )
+    return [
+        f"## 1 versus {', '.join(str(n) for n in counts)} shards",
+        "",
+        "The same cell with one monitor and with replicas sharing the rooms "
+        "(`--shards`, `CALL_MONITOR_SHARDS`): each replica is sent every webhook, "
+        "verifies it and drops the rooms of the others (`other_shard`). The newest cell "
+        "of each kind. Cores and MiB in the quiet phase (scraped every 5 s), in total "
+        "(every replica's tree: main process and observers) and per replica, in shard "
+        "order; p99 over all changes, to the owning replica's `/metrics` (scrapes every "
+        "~20 ms) and to its log line. Over the steady phases (quiet and both polls): "
+        "webhooks each replica received a second and the share it dropped as another "
+        "shard's; the main processes' CPU per webhook received (all their work over "
+        "the webhooks: an upper bound); what the shards add to the main processes' CPU "
+        "over one monitor, each one's idle baseline taken off, per webhook dropped (an "
+        "estimate, as noisy as the difference of two cells). livekit-server's CPU in "
+        "the quiet phase (it sends each webhook once per replica); calls started in the "
+        "replicas' logs, and how many of them in two or more (0: each counted once, by "
+        "its room's owner).",
+        "",
+        table(
+            [
+                "cell",
+                "shards",
+                "run",
+                "calls up",
+                "cores",
+                "replica max",
+                "cores per replica",
+                "MiB",
+                "MiB per replica",
+                "p99 ms",
+                "p99 ms, log",
+                "webhooks/s per replica",
+                "other_shard per replica",
+                "main CPU ms per webhook",
+                "ms per dropped webhook (est.)",
+                "livekit-server cores",
+                "calls started / in 2+ replicas",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def _profile_title(profile: Mapping[str, Any]) -> str:
@@ -725,6 +884,7 @@ def render(
             )
         )
         out.append("")
+        out += _shards_section(runs)
         if focused:
             out += ["## Focused measurements", ""]
             for focused_name, data in focused:

@@ -12,11 +12,12 @@ import http.client
 import re
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bench.stats import CounterPoll
 
-__all__ = ["Exposition", "Scraper", "parse_exposition"]
+__all__ = ["Exposition", "Scraper", "combined", "parse_exposition"]
 
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -49,6 +50,28 @@ class Exposition:
     def live_calls(self) -> float:
         """Calls the monitor holds now (ENDING included)."""
         return sum(self.calls.values())
+
+
+def _add(into: dict[str, float], more: Mapping[str, float]) -> None:
+    for key, value in more.items():
+        into[key] = into.get(key, 0.0) + value
+
+
+def combined(expositions: Sequence[Exposition]) -> Exposition:
+    """Shards' scrapes as one monitor's: every series summed (each replica counts its
+    own rooms' calls, so the sums count every call once); ready only if all are."""
+    found = Exposition(ready=min((e.ready for e in expositions), default=0.0))
+    for e in expositions:
+        _add(found.counts, e.counts)
+        _add(found.calls, e.calls)
+        _add(found.events_by_source, e.events_by_source)
+        _add(found.room_connects, e.room_connects)
+        _add(found.webhooks, e.webhooks)
+        found.rooms_watched += e.rooms_watched
+        found.events += e.events
+        found.reconcile_runs += e.reconcile_runs
+        found.reconcile_requests += e.reconcile_requests
+    return found
 
 
 def _labels(text: str) -> dict[str, str]:
