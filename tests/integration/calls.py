@@ -19,6 +19,7 @@ from livekit import api
 
 from stack import Stack, StackConfig
 from stack.ledger import CallEnded, Ledger
+from tests.integration.monitoring import wait_until
 
 TRUNK_NUMBER = "+15550000000"
 
@@ -221,6 +222,26 @@ async def await_call_ended(
             f"no call_ended in {ledger.path} for call_id={call_id} room={room} "
             f"identity={participant_identity} within {timeout:.0f} s"
         )
+
+
+async def wait_sip_status(
+    lkapi: api.LiveKitAPI,
+    room: str,
+    identity: str,
+    status: str = "active",
+    timeout: float = 15.0,  # noqa: ASYNC109 - a timeout here is a test failure with context
+) -> None:
+    """Wait until livekit-server has `status` as the participant's `sip.callStatus` (the
+    simulator set it, and the server took it), failing the test after `timeout` s."""
+
+    async def has_it() -> bool:
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+        return any(
+            p.identity == identity and p.attributes.get("sip.callStatus") == status
+            for p in listed.participants
+        )
+
+    await wait_until(has_it, timeout, f"{identity} in {room} {status} on livekit-server", 0.1)
 
 
 SimInbound = Callable[..., Awaitable[dict[str, Any]]]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -155,17 +156,32 @@ async def running_monitor(
 
 
 async def wait_until(
-    predicate: Callable[[], bool],
+    predicate: Callable[[], bool | Awaitable[bool]],
     timeout: float = 30.0,  # noqa: ASYNC109 - a timeout here is a test failure with context
     what: str = "",
+    interval: float = 0.05,
 ) -> None:
-    """Poll a condition of the monitor's own state (not of LiveKit) until it holds."""
+    """Poll a condition until it holds, or fail the test after `timeout` s: a plain
+    predicate reads state (the monitor's own), an async one asks a server (a listing),
+    for which nothing can be awaited. Where an event can be awaited, await it instead."""
+
+    async def holds() -> bool:
+        result = predicate()
+        return await result if inspect.isawaitable(result) else result
+
     try:
         async with asyncio.timeout(timeout):
-            while not predicate():  # noqa: ASYNC110 - plain state, nothing to wait on
-                await asyncio.sleep(0.05)
+            while not await holds():  # noqa: ASYNC110 - polled state, nothing to wait on
+                await asyncio.sleep(interval)  # the polling interval
     except TimeoutError:
         pytest.fail(f"not within {timeout:.0f} s: {what}")
+
+
+def processed(monitor: Monitor, rooms: Iterable[str]) -> bool:
+    """The monitor has processed every event it accepted, and holds no call of `rooms`
+    open (nor waiting out its settle window): whatever those events could do to the
+    calls of `rooms`, a second start or end included, has been done."""
+    return monitor.queue.empty() and not monitor.book.rooms() & set(rooms)
 
 
 def reconcile_runs(monitor: Monitor, result: str) -> float:

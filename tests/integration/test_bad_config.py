@@ -17,6 +17,10 @@ from tests.integration.monitoring import running_monitor, wait_until
 pytestmark = pytest.mark.integration
 
 WRONG_SECRET = "not-the-secret-livekit-server-knows-0123456789"
+# The windows in which the failed reconciliations are counted: their number over a
+# known time is what tells a backoff from a hot loop, so the windows are waited out.
+WRONG_KEYS_WINDOW = 8.0
+UNREACHABLE_WINDOW = 10.0
 
 
 def failures(registry_value: float | None) -> float:
@@ -37,7 +41,7 @@ async def test_wrong_keys_leave_the_monitor_up_not_ready_and_backing_off(
     async with running_monitor(
         stack, monitor_port, livekit_api_secret=WRONG_SECRET, reconcile_seconds="2"
     ) as (monitor, recorder):
-        await asyncio.sleep(8)
+        await asyncio.sleep(WRONG_KEYS_WINDOW)  # the window the retries are counted in
         status, body = await readyz(monitor.http_port)
         failed = failures(
             monitor.registry.get_sample_value(
@@ -79,7 +83,7 @@ async def test_an_unreachable_server_is_retried_with_backoff(
         monitor,
         _,
     ):
-        await asyncio.sleep(10)
+        await asyncio.sleep(UNREACHABLE_WINDOW)  # the window the retries are counted in
         status, body = await readyz(monitor.http_port)
         failed = failures(
             monitor.registry.get_sample_value(

@@ -25,8 +25,9 @@ import yaml
 from dashboards.generate import panel_queries
 from stack import Stack
 from stack.config import free_port
+from stack.ledger import parse_time
 from tests.integration.calls import PlaceCall, sim_number, unique_room
-from tests.integration.monitoring import running_monitor
+from tests.integration.monitoring import running_monitor, wait_until
 from tests.tools import system_tool
 
 pytestmark = pytest.mark.integration
@@ -126,8 +127,21 @@ async def wait_for(
             seen = -1.0  # not up yet
         if seen >= want:
             return
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the polling interval
     pytest.fail(f"{expr} = {seen}, wanted {want}; Prometheus log:\n{prometheus.log_tail()}")
+
+
+async def evaluated_twice_since(
+    prometheus: Prometheus, session: aiohttp.ClientSession, since: float
+) -> bool:
+    """Whether every rule group has been evaluated twice since `since` (Unix seconds):
+    its last evaluation (given once done) began at least one interval after `since`."""
+    rules = await prometheus.get(session, "/api/v1/rules")
+    groups = rules["groups"]
+    return bool(groups) and all(
+        (parse_time(group["lastEvaluation"]) or 0.0) >= since + float(group["interval"])
+        for group in groups
+    )
 
 
 def has_numbers(result: list[dict[str, Any]]) -> bool:
@@ -173,7 +187,13 @@ async def test_every_panel_query_returns_data_from_real_calls(
             ended = len(WAVE) * (wave + 1)
             await wait_for(prometheus, session, "sum(call_monitor_calls_ended_total)", ended)
         # Two more rule evaluations after the last scrape that saw every call.
-        await asyncio.sleep(3)
+        seen_all = time.time()
+        await wait_until(
+            lambda: evaluated_twice_since(prometheus, session, seen_all),
+            30,
+            "every rule group evaluated twice after the last scrape",
+            interval=0.5,
+        )
         finished = time.time()
 
         missing: list[str] = []

@@ -47,6 +47,7 @@ from tests.integration.calls import (
     await_call_ended,
     sim_number,
     unique_room,
+    wait_sip_status,
 )
 from tests.integration.monitoring import (
     observer_placed,
@@ -91,6 +92,11 @@ SCENARIOS = [
     Scenario("12", "server_error_500", Outcome.TRUNK_FAILURE, Outcome.TRUNK_FAILURE),
 ]
 FAILURES = [s for s in SCENARIOS if s.dial_outcome is not Outcome.COMPLETED]
+# Seconds a plain participant is given to be told of a hidden observer's join: it must
+# not be. livekit-server tells a room of a join within a fraction of a second.
+UNSEEN_JOIN_WINDOW = 1.0
+# Seconds the SDK's FFI waits for the ready request of a connect before it panics.
+FFI_READY_WAIT = 15.0
 
 
 async def place_and_finish(
@@ -107,7 +113,7 @@ async def place_and_finish(
         return placed.ended
     placed = await place_call(number, room=room, ring=ring, wait_for_end=False)
     assert placed.info is not None
-    await asyncio.sleep(ring + 1.5)
+    await wait_sip_status(lkapi, room, placed.info.participant_identity, "active")
     await lkapi.room.remove_participant(
         api.RoomParticipantIdentity(room=room, identity=placed.info.participant_identity)
     )
@@ -302,7 +308,8 @@ async def test_monitor_started_mid_call_picks_it_up_in_its_state(
     room = unique_room("late")
     placed = await place_call(sim_number("01"), room=room, ring=RING, wait_for_end=False)
     assert placed.info is not None
-    await asyncio.sleep(RING + 1.0)  # answered before any monitor runs
+    # Answered before any monitor runs.
+    await wait_sip_status(lkapi, room, placed.info.participant_identity, "active")
     async with running_monitor(stack, monitor_port) as (_, recorder):
         picked = await recorder.wait_state(room, "active", timeout=10)
         assert picked.timings_approximate
@@ -360,7 +367,7 @@ async def test_observer_is_invisible_and_does_not_keep_a_room_open(
     else:
         await rtc_observer.connect(10.0)
     try:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(UNSEEN_JOIN_WINDOW)  # a negative check: waits the window out
         # The plain participant never saw the monitor's observer join.
         assert all("call-monitor" not in (seen.identity or "") for seen in watcher.seen)
         listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
@@ -723,11 +730,13 @@ async def test_an_abandoned_join_neither_brings_the_process_down_nor_stays(
         # was once not enough to be sure of it.
         with pytest.raises(TimeoutError):
             await observer.connect(0.001)
-    await asyncio.sleep(15)  # past the FFI's wait for the ready request
+    # A negative check: this process must outlive the window in which an abandoned
+    # connect's FFI would panic and the SDK SIGTERM it.
+    await asyncio.sleep(FFI_READY_WAIT)
+
     # Under load a connect may still be retrying; once it ends, it is left.
-    for _ in range(60):
+    async def room_empty() -> bool:
         listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-        if not listed.participants:
-            break
-        await asyncio.sleep(1)
-    assert [p.identity for p in listed.participants] == []
+        return not listed.participants
+
+    await wait_until(room_empty, 60, f"the abandoned joins gone from {room}", interval=1.0)

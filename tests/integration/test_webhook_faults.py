@@ -24,7 +24,7 @@ from stack import Stack
 from stack.config import free_port
 from stack.ledger import Ledger
 from tests.integration.calls import PlaceCall, sim_number, unique_room
-from tests.integration.monitoring import running_monitor
+from tests.integration.monitoring import processed, running_monitor, wait_until
 from tests.integration.truth import assert_matches_ledger
 
 pytestmark = pytest.mark.integration
@@ -85,7 +85,7 @@ class WebhookRelay:
     async def _deliver(
         self, kind: str, room: str, body: bytes, headers: dict[str, str], delay: float
     ) -> None:
-        await asyncio.sleep(delay)
+        await asyncio.sleep(delay)  # the plan's delay: the fault under test
         assert self._session is not None
         sent = time.time()
         try:
@@ -124,7 +124,10 @@ async def test_every_webhook_twice_counts_each_call_once(
         for room in rooms:
             await recorder.wait_ended(room)
         await relay.drain()
-        await asyncio.sleep(1.5)  # past the settle window of any duplicate
+        # Every duplicate is in the monitor: wait for what it does to be done.
+        await wait_until(
+            lambda: processed(monitor, rooms), 15, "the duplicates processed, no call open"
+        )
         records = {room: recorder.ended(room) for room in rooms}
         started = {room: recorder.started(room) for room in rooms}
         # Other tests' rooms may still end while this monitor runs (it lists every
@@ -193,7 +196,7 @@ async def test_webhooks_out_of_order_give_each_call_its_outcome(
     async with (
         WebhookRelay(monitor_port, port, joined_last) as relay,
         running_monitor(stack, port, room_mode="setup", settle_seconds="0.5") as (
-            _,
+            monitor,
             recorder,
         ),
     ):
@@ -201,7 +204,10 @@ async def test_webhooks_out_of_order_give_each_call_its_outcome(
         placed = await place_call(sim_number("05"), room=room)
         [record] = await recorder.wait_ended(room, timeout=30)
         await relay.drain()
-        await asyncio.sleep(1.0)
+        # The late join is in the monitor: wait for what it does to be done.
+        await wait_until(
+            lambda: processed(monitor, [room]), 15, "the late join processed, no call open"
+        )
         ended = recorder.ended(room)
         started = recorder.started(room)
     order = [kind for kind, _ in relay.of_rooms([room]) if kind.startswith("participant")]
