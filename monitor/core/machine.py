@@ -506,13 +506,13 @@ class CallBook:
         self, key: str, event: ParticipantSeen | AttributesChanged | ParticipantLeft
     ) -> list[Effect]:
         effects: list[Effect] = []
-        # The source saw the call even when its status is missing or unknown: a room
-        # event says the room was watched (`watched` of the outcome rules).
         call = self._calls[key]
         record = replace(call.record, sources=call.record.sources | {event.source})
-        self._calls[key] = call = replace(call, record=record)
         status = self._parse_status(key, event, effects)
         if status is None:
+            # The source saw the call even so: a room event says the room was watched
+            # (`watched` of the outcome rules).
+            self._calls[key] = replace(call, record=record)
             return effects
         if status is record.last_status:
             if isinstance(event, AttributesChanged) and _status_changed(event):
