@@ -510,15 +510,24 @@ class CallBook:
         record = replace(call.record, sources=call.record.sources | {event.source})
         status = self._parse_status(key, event, effects)
         if status is None:
-            # The source saw the call even so: a room event says the room was watched
-            # (`watched` of the outcome rules).
-            self._calls[key] = replace(call, record=record)
+            if event.participant.status is None:
+                # Seen without a status: a room event still says the room was watched
+                # (`watched` of the outcome rules). An unknown status word is not
+                # counted: it may be an answer the room showed in words we cannot read.
+                self._calls[key] = replace(call, record=record)
             return effects
+        left_at = call.pending.at if call.pending is not None else None
+        seen_after_leave = left_at is not None and event.at > left_at
         if status is record.last_status:
-            if isinstance(event, AttributesChanged) and _status_changed(event):
+            if (
+                isinstance(event, AttributesChanged)
+                and _status_changed(event)
+                and not seen_after_leave
+            ):
                 # First seen in a snapshot (a listing read before the observer
                 # process's pipe delivered the room's event of the same change): the
-                # live change says it was seen as it happened.
+                # live change says it was seen as it happened. Not after the leave:
+                # then its moment is a bound still.
                 record = replace(record, timings=_timed_live(record.timings, status, event.at))
             self._calls[key] = replace(call, record=record)
             return effects
@@ -527,11 +536,14 @@ class CallBook:
         if current is CallState.ENDING:
             # The leave came first (sip PR #725): record a forward status, stay ENDING.
             if _is_forward(record.last_status, status):
-                # Set before the leave, seen after it: timed at the leave at the latest.
-                assert call.pending is not None  # ENDING always has a pending end
-                left_at = call.pending.at
+                # Set before the leave, seen after it: timed at the leave at the latest,
+                # a bound; so is any snapshot's time.
+                assert left_at is not None  # ENDING always has a pending end
                 record = self._record_status(
-                    record, status, min(event.at, left_at), approximate=event.at > left_at
+                    record,
+                    status,
+                    min(event.at, left_at),
+                    approximate=seen_after_leave or not isinstance(event, AttributesChanged),
                 )
             elif isinstance(event, AttributesChanged):
                 effects.append(self._regression(event, key, record.last_status, status))

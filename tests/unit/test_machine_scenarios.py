@@ -1123,6 +1123,41 @@ def test_first_status_arriving_after_the_leave_is_recorded() -> None:
     )
 
 
+def test_a_status_seen_after_the_leave_stays_a_bound_when_its_live_change_follows() -> None:
+    script = CallScript().seen(0.0, None).left(1.0, R.USER_REJECTED, status=None)
+    script.seen(1.1, "ringing")  # a snapshot read after the leave
+    script.to(1.2, "ringing").tick(3.0)  # then the live change, later still
+    _, effects = run(script.events, settle=1.0)
+    assert only_end(effects) == final(
+        "ringing",
+        times(0.0, ringing=1.0, ended=1.0, ringing_approximate=True),
+        outcome=Outcome.REJECTED,
+        reason=R.USER_REJECTED,
+        ended_by=EndedBy.FAR_END,
+    )
+
+
+def test_a_snapshot_from_before_the_leave_read_after_it_is_a_bound() -> None:
+    script = CallScript().seen(0.0, None).left(1.0, R.USER_REJECTED, status=None)
+    script.seen(0.9, "ringing").tick(3.0)  # a listing taken before the leave, read after
+    _, effects = run(script.events, settle=1.0)
+    assert only_end(effects) == final(
+        "ringing",
+        times(0.0, ringing=0.9, ended=1.0, ringing_approximate=True),
+        outcome=Outcome.REJECTED,
+        reason=R.USER_REJECTED,
+        ended_by=EndedBy.FAR_END,
+    )
+
+
+def test_a_room_event_with_an_unknown_status_does_not_count_as_watched() -> None:
+    # The unknown word may be an answer: the room did not show us the call was not one.
+    script = CallScript().seen(0.0, "dialing", Source.WEBHOOK).to(0.5, "connecting")
+    book, effects = run(script.events)
+    assert anomalies(effects) == [AnomalyKind.UNKNOWN_STATUS]
+    assert book.call("SCL_test1") == live("dialing", times(0.0), sources=frozenset({WEBHOOK}))
+
+
 def test_a_join_time_ahead_of_our_clock_is_clock_skew() -> None:
     script = CallScript().seen(1.0, "dialing", Source.WEBHOOK, joined=10.0)
     _, effects = run(script.left(2.0, R.USER_REJECTED).events)
