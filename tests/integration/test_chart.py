@@ -148,7 +148,8 @@ def test_each_pod_is_its_own_shard_by_its_name(helm: Path, tmp_path: Path, shard
         assert settings.livekit_api_key == API_KEY
         assert settings.livekit_api_secret == API_SECRET
         assert settings.livekit_url == BASE_VALUES["livekit"]["url"]
-        assert settings.http_port == 9469
+        assert (settings.http_host, settings.http_port) == ("0.0.0.0", 9469)
+        assert settings.metrics_port is None  # /metrics and /readyz on the pod's address
         assert settings.journal_path is not None
     if shards > 1:
         # A pod beyond the shard count (replicas edited by hand) refuses to start.
@@ -350,6 +351,8 @@ def test_a_long_name_keeps_the_ordinal_the_shard_comes_from(helm: Path, tmp_path
         ({"shards": 1.5}, "shards"),
         ({"livekit": {"url": "ws://lk:7880"}}, "livekit.existingSecret"),
         ({"env": {"CALL_MONITOR_SHARD": "1"}}, "CALL_MONITOR_SHARD"),
+        ({"env": {"CALL_MONITOR_METRICS_PORT": "9470"}}, "CALL_MONITOR_METRICS_PORT"),
+        ({"env": {"HOSTNAME": "monitor-0"}}, "HOSTNAME"),
     ],
 )
 def test_bad_values_are_refused_with_the_reason(
@@ -360,12 +363,27 @@ def test_bad_values_are_refused_with_the_reason(
 
 
 def test_extra_settings_reach_the_monitor(helm: Path, tmp_path: Path) -> None:
-    values = _values(env={"CALL_MONITOR_ROOM_MODE": "whole_call", "CALL_MONITOR_SETTLE_SECONDS": 5})
-    manifests = render(helm, tmp_path, values)
+    # As a values file gives them: numbers arrive in templates as floats.
+    extra = {
+        "CALL_MONITOR_ROOM_MODE": "whole_call",
+        "CALL_MONITOR_SETTLE_SECONDS": 1.5,
+        "CALL_MONITOR_JOURNAL_MAX_BYTES": 67108864,
+        "CALL_MONITOR_MASK_NUMBERS": False,
+    }
+    manifests = render(helm, tmp_path, _values(env=extra))
     name = one(manifests, "StatefulSet")["metadata"]["name"]
     settings = load_settings(environ=pod_environment(manifests, f"{name}-0", tmp_path / "p"))
     assert settings.room_mode == "whole_call"
-    assert settings.settle_seconds == 5
+    assert settings.settle_seconds == 1.5
+    assert settings.journal_max_bytes == 67108864
+    assert settings.mask_numbers is False
+
+
+def test_a_drain_can_move_replicas_that_are_not_ready(helm: Path, tmp_path: Path) -> None:
+    # Every replica is unready when livekit-server's API does not answer them.
+    budget = one(render(helm, tmp_path, _values(shards=3)), "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 def test_helm_lint_passes(helm: Path, tmp_path: Path) -> None:
