@@ -41,7 +41,8 @@ ENV PATH=/app/.venv/bin:$PATH \
     CALL_MONITOR_HTTP_HOST=0.0.0.0
 # The journal goes here when CALL_MONITOR_JOURNAL points here: mount a volume on it.
 WORKDIR /var/lib/call-monitor
-USER monitor:monitor
+# Numeric, so that a runtime checking runAsNonRoot can tell it is not root.
+USER 10001:10001
 EXPOSE 9469
 # Liveness only (/readyz says whether livekit-server answers). Python, since the slim
 # image has no curl.
