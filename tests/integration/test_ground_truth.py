@@ -49,6 +49,7 @@ from tests.integration.monitoring import EffectRecorder, running_monitor
 
 pytestmark = pytest.mark.integration
 
+TALK_BEFORE_WE_HANG_UP = 1.0  # seconds of a call we end ourselves
 RING = 0.6
 TALK = 1.0
 AT_ONCE = 10
@@ -218,7 +219,11 @@ class Dialer:
             except TimeoutError:
                 pytest.fail(f"CreateSIPParticipant timed out for {dial}")
             if info is not None and dial.code in HUNG_UP_BY_US:
-                await asyncio.sleep(1.0)
+                # Part of the scenario, not a wait for a condition: we hang up after a
+                # second of the call. With the active_before_answer quirk the API returns
+                # at the first ringing and the call is answered during this second, so
+                # waiting for "active" instead would change what is played.
+                await asyncio.sleep(TALK_BEFORE_WE_HANG_UP)
                 await self.lkapi.room.remove_participant(
                     api.RoomParticipantIdentity(room=dial.room, identity="callee")
                 )
