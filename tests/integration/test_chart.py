@@ -213,9 +213,9 @@ def test_the_secret_shows_only_in_the_secret(helm: Path, tmp_path: Path) -> None
     out = _helm(helm, tmp_path, ["template"], _values(shards=3))
     assert API_SECRET not in out
     encoded = base64.b64encode(API_SECRET.encode()).decode()
-    secrets = [m for m in yaml.safe_load_all(out) if m and encoded in json.dumps(m)]
-    assert [m["kind"] for m in secrets] == ["Secret"]
-    statefulset = one([m for m in yaml.safe_load_all(out) if m], "StatefulSet")
+    manifests = [m for m in yaml.safe_load_all(out) if m]
+    assert [m["kind"] for m in manifests if encoded in json.dumps(m)] == ["Secret"]
+    statefulset = one(manifests, "StatefulSet")
     names = {v["name"] for v in container(statefulset)["env"]}
     assert "LIVEKIT_API_SECRET" not in names  # a file, not a variable
 
